@@ -1,0 +1,180 @@
+//! The service generator: tonic's output, routed through `trellis::codegen`,
+//! followed by the Trellis additions for each service.
+
+use heck::{ToShoutySnakeCase, ToSnakeCase};
+use proc_macro2::TokenStream;
+use prost_build::{Method, Service};
+use quote::{format_ident, quote};
+
+/// Where generated code finds everything it uses, so a service crate needs no
+/// direct dependency on tonic or prost.
+pub(crate) const CODEGEN: &str = "::trellis::codegen";
+
+/// Wraps tonic's [`prost_build::ServiceGenerator`]: tonic writes the client and
+/// server, this appends descriptors, the discovery-aware client constructor,
+/// and the glue that lets the Trellis server add the service in one line.
+pub(crate) struct TrellisGenerator {
+    pub(crate) tonic: Box<dyn prost_build::ServiceGenerator>,
+    pub(crate) build_client: bool,
+    pub(crate) build_server: bool,
+    /// Absolute path of the encoded `FileDescriptorSet` written for reflection.
+    pub(crate) descriptor_set: String,
+}
+
+impl prost_build::ServiceGenerator for TrellisGenerator {
+    fn generate(&mut self, service: Service, buf: &mut String) {
+        let mut tonic_code = String::new();
+        self.tonic.generate(service.clone(), &mut tonic_code);
+        buf.push_str(&route_tonic_paths(&tonic_code));
+
+        let tokens = trellis_tokens(&service, self.build_client, self.build_server);
+        buf.push_str(&render(tokens));
+    }
+
+    fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        self.tonic.finalize_package(package, buf);
+        let path = &self.descriptor_set;
+        buf.push_str(&render(quote! {
+            /// The encoded `FileDescriptorSet` of the protos this package was built from,
+            /// served by the Trellis server's reflection service.
+            pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(#path);
+        }));
+    }
+
+    fn finalize(&mut self, buf: &mut String) {
+        self.tonic.finalize(buf);
+    }
+}
+
+fn render(tokens: TokenStream) -> String {
+    // The tokens are built by this crate from valid identifiers; a parse
+    // failure here is a bug in the generator, not in the user's input.
+    let file = syn::parse2(tokens).expect("trellis-build generated invalid Rust");
+    prettyplease::unparse(&file)
+}
+
+/// Makes tonic's generated paths (`tonic::...`) resolve through the
+/// `trellis::codegen` re-export instead of a direct `tonic` dependency.
+pub(crate) fn route_tonic_paths(code: &str) -> String {
+    let replacement = format!("{CODEGEN}::tonic::");
+    let mut out = String::with_capacity(code.len() + code.len() / 8);
+    let mut rest = code;
+    while let Some(at) = rest.find("tonic::") {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        let starts_path = !before.ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':');
+        out.push_str(if starts_path { &replacement } else { "tonic::" });
+        rest = &after["tonic::".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn trellis_tokens(service: &Service, build_client: bool, build_server: bool) -> TokenStream {
+    let codegen: syn::Path = syn::parse_str(CODEGEN).expect("CODEGEN is a valid path");
+    let full_name = if service.package.is_empty() {
+        service.proto_name.clone()
+    } else {
+        format!("{}.{}", service.package, service.proto_name)
+    };
+    let shouty = service.name.to_shouty_snake_case();
+    let name_const = format_ident!("{shouty}_SERVICE_NAME");
+    let descriptor = format_ident!("{shouty}_DESCRIPTOR");
+    let snake = service.name.to_snake_case();
+    let client_mod = format_ident!("{snake}_client");
+    let server_mod = format_ident!("{snake}_server");
+    let client_type = format_ident!("{}Client", service.name);
+    let server_type = format_ident!("{}Server", service.name);
+    let server_trait = format_ident!("{}", service.name);
+    let methods = service.methods.iter().map(|method| method_tokens(&codegen, &full_name, method));
+
+    let name_doc = format!(" The full protobuf name of `{full_name}`.");
+    let descriptor_doc =
+        format!(" How Trellis sees `{full_name}`: its methods, their policy, and its protos.");
+    let mut tokens = quote! {
+        #[doc = #name_doc]
+        pub const #name_const: &str = #full_name;
+
+        #[doc = #descriptor_doc]
+        pub static #descriptor: #codegen::ServiceDescriptor = #codegen::ServiceDescriptor::new(
+            #name_const,
+            &[#(#methods),*],
+            FILE_DESCRIPTOR_SET,
+        );
+    };
+
+    if build_client {
+        let alias_doc = format!(
+            " A `{full_name}` client that finds its instances through a Trellis registry."
+        );
+        let discover_doc = format!(
+            " Connects to `{full_name}` by name through `registry`, with the Trellis client stack."
+        );
+        tokens.extend(quote! {
+            #[doc = #alias_doc]
+            pub type #client_type = #client_mod::#client_type<#codegen::Channel>;
+
+            impl #client_mod::#client_type<#codegen::Channel> {
+                #[doc = #discover_doc]
+                ///
+                /// # Errors
+                ///
+                /// When the registry knows no way to reach the service, or when
+                /// called outside a Tokio runtime.
+                pub fn discover(
+                    registry: &#codegen::Registry,
+                ) -> ::core::result::Result<Self, #codegen::Error> {
+                    #codegen::Channel::discover(registry, &#descriptor).map(Self::new)
+                }
+            }
+        });
+    }
+
+    if build_server {
+        tokens.extend(quote! {
+            impl<T: #server_mod::#server_trait> #codegen::DescribedService for #server_mod::#server_type<T> {
+                const DESCRIPTOR: &'static #codegen::ServiceDescriptor = &#descriptor;
+            }
+        });
+    }
+    tokens
+}
+
+fn method_tokens(codegen: &syn::Path, full_name: &str, method: &Method) -> TokenStream {
+    let name = &method.proto_name;
+    let path = format!("/{full_name}/{name}");
+    let idempotency = match method.options.idempotency_level() {
+        prost_types::method_options::IdempotencyLevel::NoSideEffects => quote!(NoSideEffects),
+        prost_types::method_options::IdempotencyLevel::Idempotent => quote!(Idempotent),
+        prost_types::method_options::IdempotencyLevel::IdempotencyUnknown => quote!(Unknown),
+    };
+    let kind = match (method.client_streaming, method.server_streaming) {
+        (false, false) => quote!(Unary),
+        (false, true) => quote!(ServerStreaming),
+        (true, false) => quote!(ClientStreaming),
+        (true, true) => quote!(BidiStreaming),
+    };
+    quote! {
+        #codegen::MethodDescriptor::new(
+            #name,
+            #path,
+            #codegen::Idempotency::#idempotency,
+            #codegen::StreamingKind::#kind,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_tonic_paths;
+
+    #[test]
+    fn routes_only_path_starts() {
+        let code = "use tonic::codegen::*;\nfn f(x: tonic::Status, y: my_tonic::X, z: ::tonic::Y) {}";
+        assert_eq!(
+            route_tonic_paths(code),
+            "use ::trellis::codegen::tonic::codegen::*;\n\
+             fn f(x: ::trellis::codegen::tonic::Status, y: my_tonic::X, z: ::tonic::Y) {}"
+        );
+    }
+}

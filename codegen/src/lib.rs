@@ -1,0 +1,178 @@
+//! `trellis-build` compiles `.proto` files into Trellis services and clients
+//! from a `build.rs`, with no `protoc` on the machine.
+//!
+//! ```no_run
+//! // build.rs
+//! fn main() {
+//!     trellis_build::compile(&["proto/order/payment/v1/payment.proto"], &["proto"]);
+//! }
+//! ```
+//!
+//! ```ignore
+//! // src/lib.rs
+//! pub mod proto {
+//!     trellis::include_protos!();
+//! }
+//! ```
+//!
+//! For every message, tonic and prost generate what they always do. For every
+//! service, `trellis-build` adds:
+//!
+//! - `FOO_SERVICE_NAME`, the full protobuf name of the service;
+//! - `FOO_DESCRIPTOR`, a [`ServiceDescriptor`] with each method's
+//!   `idempotency_level` and streaming kind, used by the client stack to decide
+//!   what is safe to retry, and the file descriptors served by reflection;
+//! - `FooClient`, the typed client over Trellis's channel, with
+//!   `FooClient::discover(&registry)` to connect by service name;
+//! - an impl that lets `trellis::Server` add `FooServer::new(handler)` in one
+//!   line, with health and reflection set up for it.
+//!
+//! Generated code refers to tonic and prost only through `trellis::codegen`,
+//! so a service crate depends on `trellis` alone.
+//!
+//! A broken proto fails the build with `file:line:column: message`:
+//!
+//! ```text
+//! error: proto/order/v1/order.proto:12:3: name 'Money' is not defined
+//! ```
+//!
+//! [`ServiceDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.ServiceDescriptor.html
+
+mod error;
+mod generator;
+
+use std::path::{Path, PathBuf};
+
+pub use error::Error;
+
+/// The file, in the output directory, that `trellis::include_protos!()` includes.
+pub const INCLUDE_FILE: &str = "trellis_protos.rs";
+
+/// The file, in the output directory, holding the encoded `FileDescriptorSet`.
+pub const DESCRIPTOR_SET_FILE: &str = "trellis_descriptor_set.bin";
+
+/// Compiles `protos`, finding imports under `includes`, with the default
+/// settings; on error, prints the error and fails the build script.
+///
+/// Paths are relative to the crate root (where `build.rs` runs). Use
+/// [`configure`] for options, or to handle the error yourself.
+pub fn compile(protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>]) {
+    if let Err(err) = configure().compile(protos, includes) {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
+}
+
+/// A [`Builder`] with the defaults: client and server, output in `OUT_DIR`.
+pub fn configure() -> Builder {
+    Builder { build_client: true, build_server: true, out_dir: None, emit_rerun_if_changed: true }
+}
+
+/// Options for a compilation. Made by [`configure`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    build_client: bool,
+    build_server: bool,
+    out_dir: Option<PathBuf>,
+    emit_rerun_if_changed: bool,
+}
+
+impl Builder {
+    /// Whether to generate clients (default: yes).
+    pub fn build_client(mut self, enable: bool) -> Self {
+        self.build_client = enable;
+        self
+    }
+
+    /// Whether to generate servers (default: yes).
+    pub fn build_server(mut self, enable: bool) -> Self {
+        self.build_server = enable;
+        self
+    }
+
+    /// Where to write the generated code (default: `$OUT_DIR`).
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether to print `cargo:rerun-if-changed` for every proto read
+    /// (default: yes; turn off when not running inside a build script).
+    pub fn emit_rerun_if_changed(mut self, enable: bool) -> Self {
+        self.emit_rerun_if_changed = enable;
+        self
+    }
+
+    /// Compiles `protos`, finding imports under `includes`.
+    ///
+    /// # Errors
+    ///
+    /// A proto that does not parse or type-check, a missing import, or an
+    /// output directory that cannot be written.
+    pub fn compile(
+        self,
+        protos: &[impl AsRef<Path>],
+        includes: &[impl AsRef<Path>],
+    ) -> Result<(), Error> {
+        let includes: Vec<PathBuf> = includes.iter().map(|p| p.as_ref().to_path_buf()).collect();
+        let out_dir = match self.out_dir {
+            Some(dir) => dir,
+            None => std::env::var_os("OUT_DIR").map(PathBuf::from).ok_or_else(|| {
+                Error::config("OUT_DIR is not set: call trellis-build from build.rs, or set `out_dir`")
+            })?,
+        };
+        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+
+        let mut compiler = protox::Compiler::new(&includes).map_err(|e| Error::proto(e, &includes))?;
+        compiler.include_imports(true).include_source_info(true);
+        compiler.open_files(protos.iter().map(AsRef::as_ref)).map_err(|e| Error::proto(e, &includes))?;
+
+        if self.emit_rerun_if_changed {
+            for file in compiler.files() {
+                if let Some(path) = file.path() {
+                    println!("cargo:rerun-if-changed={}", path.display());
+                }
+            }
+            for include in &includes {
+                println!("cargo:rerun-if-changed={}", include.display());
+            }
+        }
+
+        let descriptor_path = out_dir.join(DESCRIPTOR_SET_FILE);
+        std::fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
+            .map_err(|e| Error::io(&descriptor_path, e))?;
+        let descriptor_set = descriptor_path
+            .to_str()
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "output path `{}` is not valid UTF-8; choose another `out_dir`",
+                    descriptor_path.display()
+                ))
+            })?
+            .to_owned();
+
+        let tonic = tonic_prost_build::configure()
+            .build_client(self.build_client)
+            .build_server(self.build_server)
+            .build_transport(false)
+            .codec_path(format!("{}::ProstCodec", generator::CODEGEN))
+            .service_generator();
+
+        let mut config = prost_build::Config::new();
+        config
+            .out_dir(&out_dir)
+            .include_file(INCLUDE_FILE)
+            .prost_path(format!("{}::prost", generator::CODEGEN))
+            .prost_types_path(format!("{}::prost_types", generator::CODEGEN))
+            .service_generator(Box::new(generator::TrellisGenerator {
+                tonic,
+                build_client: self.build_client,
+                build_server: self.build_server,
+                descriptor_set,
+            }));
+        config
+            .compile_fds(compiler.file_descriptor_set())
+            .map_err(|e| Error::io(&out_dir, e))
+    }
+}

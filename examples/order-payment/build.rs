@@ -1,0 +1,5 @@
+//! Compiles the protos this service serves and calls.
+
+fn main() {
+    trellis_build::compile(&["../../proto/order/payment/v1/payment.proto"], &["../../proto"]);
+}

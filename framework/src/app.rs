@@ -1,0 +1,259 @@
+//! The command line every Trellis service binary shares, and the [`Context`]
+//! a service's setup code receives.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgAction, Command};
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, Layers, LogFormat};
+use crate::error::{BoxError, Error};
+use crate::registry::Registry;
+use crate::server::{Server, ServerBuilder};
+
+/// A service binary: parses the shared command line, loads configuration,
+/// starts logging and a Tokio runtime, then runs your setup code.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     trellis::App::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+///         .about("Takes payments for orders")
+///         .run(|ctx| async move {
+///             // let store = Store::open(&ctx.section::<Settings>("payment")?.database)?;
+///             ctx.server()
+///                 // .add_service(OrderPaymentServer::new(Payments::new(store)))
+///                 .serve()
+///                 .await?;
+///             Ok(())
+///         })
+/// }
+/// ```
+///
+/// Every binary gets these flags:
+///
+/// ```text
+/// --listen ADDR          where to listen (port 0 picks a free port)
+/// --config FILE          a TOML file of settings
+/// --registry URL         where services register and find each other
+/// --log-format FORMAT    text or json
+/// -s, --set KEY=VALUE    any setting, such as shutdown.drain_timeout=30s
+/// -h, --help / -V, --version
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct App {
+    name: &'static str,
+    version: &'static str,
+    about: Option<&'static str>,
+}
+
+impl App {
+    /// An application called `name` at `version` (pass
+    /// `env!("CARGO_PKG_NAME")` and `env!("CARGO_PKG_VERSION")`).
+    pub fn new(name: &'static str, version: &'static str) -> Self {
+        App { name, version, about: None }
+    }
+
+    /// One line for `--help`.
+    pub fn about(mut self, about: &'static str) -> Self {
+        self.about = Some(about);
+        self
+    }
+
+    /// Runs with the process's own arguments. See [`run_with_args`](Self::run_with_args).
+    pub fn run<F, Fut>(self, setup: F) -> ExitCode
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future<Output = Result<(), BoxError>>,
+    {
+        self.run_with_args(std::env::args_os(), setup)
+    }
+
+    /// Parses `args` (the first is the program name), loads configuration,
+    /// starts logging, and runs `setup` on a new Tokio runtime. Errors are
+    /// printed as one readable line and turned into a failing exit code: 2 for
+    /// bad usage or configuration, 1 for failures while running.
+    pub fn run_with_args<I, T, F, Fut>(self, args: I, setup: F) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+        F: FnOnce(Context) -> Fut,
+        Fut: Future<Output = Result<(), BoxError>>,
+    {
+        let matches = match self.command().try_get_matches_from(args) {
+            Ok(matches) => matches,
+            Err(err) => {
+                let _ = err.print();
+                return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
+        };
+        let ctx = match Context::from_matches(self.name, &matches) {
+            Ok(ctx) => ctx,
+            Err(err) => {
+                eprintln!("{}: error: {err}", self.name);
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(err) = crate::telemetry::init(&ctx.config.log) {
+            eprintln!("{}: error: {err}", self.name);
+            return ExitCode::from(2);
+        }
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                eprintln!("{}: error: cannot start the Tokio runtime: {err}", self.name);
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(setup(ctx)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                let code = if err.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Config(_) | Error::Registry { .. })) {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                };
+                tracing::error!("{}", error_chain(err.as_ref()));
+                eprintln!("{}: error: {}", self.name, error_chain(err.as_ref()));
+                code
+            }
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(self.name)
+            .version(self.version)
+            .arg(
+                Arg::new("listen")
+                    .long("listen")
+                    .value_name("ADDR")
+                    .help("Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:0]"),
+            )
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("TOML file of settings; environment variables TRELLIS_* and flags override it"),
+            )
+            .arg(
+                Arg::new("registry")
+                    .long("registry")
+                    .value_name("URL")
+                    .help("Where services register and find each other, e.g. static://SERVICE=HOST:PORT"),
+            )
+            .arg(
+                Arg::new("log-format")
+                    .long("log-format")
+                    .value_name("FORMAT")
+                    .value_parser(clap::builder::EnumValueParser::<LogFormat>::new())
+                    .help("Log as human-readable text or as JSON lines [default: text]"),
+            )
+            .arg(
+                Arg::new("set")
+                    .short('s')
+                    .long("set")
+                    .value_name("KEY=VALUE")
+                    .action(ArgAction::Append)
+                    .help("Set any configuration key, e.g. shutdown.drain_timeout=30s (repeatable)"),
+            );
+        if let Some(about) = self.about {
+            cmd = cmd.about(about);
+        }
+        cmd
+    }
+}
+
+/// What a service's setup code gets: its configuration, its registry, and a
+/// server builder configured from them.
+#[derive(Debug, Clone)]
+pub struct Context {
+    name: &'static str,
+    config: Config,
+    layers: Layers,
+    registry: Registry,
+}
+
+impl Context {
+    fn from_matches(name: &'static str, matches: &clap::ArgMatches) -> Result<Self, Error> {
+        let mut flags = Vec::new();
+        for raw in matches.get_many::<String>("set").into_iter().flatten() {
+            let (key, value) = raw.split_once('=').ok_or_else(|| {
+                Error::Config(format!("--set `{raw}`: expected KEY=VALUE, such as shutdown.drain_timeout=30s"))
+            })?;
+            flags.push((key.trim().to_owned(), value.to_owned()));
+        }
+        for key in ["listen", "registry"] {
+            if let Some(value) = matches.get_one::<String>(key) {
+                flags.push((key.to_owned(), value.clone()));
+            }
+        }
+        if let Some(format) = matches.get_one::<LogFormat>("log-format") {
+            let format = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            flags.push(("log.format".to_owned(), format.to_owned()));
+        }
+        let file = matches.get_one::<PathBuf>("config");
+        let layers = Layers::load(file.map(PathBuf::as_path), flags)?;
+        Self::new(name, layers)
+    }
+
+    fn new(name: &'static str, layers: Layers) -> Result<Self, Error> {
+        let config = layers.config()?;
+        let registry = Registry::from_url(&config.registry)?;
+        Ok(Context { name, config, layers, registry })
+    }
+
+    /// The application's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The runtime's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The service's own settings from section `key` of the configuration
+    /// (file section `[key]`, variables `TRELLIS_KEY__FIELD`, flags
+    /// `--set key.field=VALUE`).
+    ///
+    /// # Errors
+    ///
+    /// A value of the wrong type, with the key and where it came from.
+    pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, Error> {
+        self.layers.section(key)
+    }
+
+    /// The registry named by `registry`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A server builder set up from the configuration.
+    pub fn server(&self) -> ServerBuilder {
+        Server::builder()
+            .listen(self.config.listen)
+            .shutdown_config(self.config.shutdown)
+            .fault_delay(self.config.faults.delay)
+    }
+}
+
+/// `err` and its sources, as `outer: inner: innermost`.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

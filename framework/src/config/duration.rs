@@ -1,0 +1,18 @@
+//! Durations written as `10s`, `500ms`, `1m 30s`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serializer};
+
+pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    humantime::parse_duration(&raw).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{raw}` is not a duration ({e}); expected a number with a unit such as 500ms, 10s or 1m"
+        ))
+    })
+}

@@ -1,0 +1,218 @@
+//! Layered configuration: defaults < TOML file < environment < flags.
+//!
+//! Every key can be set in each layer:
+//!
+//! | key | default | file (`--config`) | environment | flag |
+//! |---|---|---|---|---|
+//! | `listen` | `127.0.0.1:0` | `listen = "0.0.0.0:50051"` | `TRELLIS_LISTEN` | `--listen` |
+//! | `registry` | `static://` | `registry = "static://..."` | `TRELLIS_REGISTRY` | `--registry` |
+//! | `log.format` | `text` | `[log] format = "json"` | `TRELLIS_LOG__FORMAT` | `--log-format` |
+//! | `log.level` | `info` | `[log] level = "debug,h2=warn"` | `TRELLIS_LOG__LEVEL` | `--set log.level=...` |
+//! | `shutdown.propagation_delay` | `1s` | `[shutdown] propagation_delay = "2s"` | `TRELLIS_SHUTDOWN__PROPAGATION_DELAY` | `--set` |
+//! | `shutdown.drain_timeout` | `10s` | `[shutdown] drain_timeout = "30s"` | `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` | `--set` |
+//! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
+//!
+//! A service's own settings live in a section named after it (for example
+//! `[payment]`, `TRELLIS_PAYMENT__DATABASE`), read with
+//! [`Context::section`](crate::Context::section). A double underscore in an
+//! environment variable separates a section from its key. `--set KEY=VALUE`
+//! sets any key from the command line.
+
+mod duration;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The prefix of every environment variable Trellis reads.
+pub const ENV_PREFIX: &str = "TRELLIS_";
+
+/// The runtime's own settings. See the [module docs](self) for each key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the server listens; port 0 picks a free port.
+    #[serde(with = "listen_addr")]
+    pub listen: SocketAddr,
+    /// The registry URL: where services register and find each other.
+    pub registry: String,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown timings.
+    pub shutdown: ShutdownConfig,
+    /// Injected faults, for chaos tests.
+    pub faults: FaultsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            registry: "static://".to_owned(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            faults: FaultsConfig::default(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Human-readable lines or one JSON object per line.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,trellis=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Graceful shutdown timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long to keep serving after turning `NOT_SERVING`, so that health
+    /// checkers and registries stop sending traffic before the drain.
+    #[serde(with = "duration")]
+    pub propagation_delay: Duration,
+    /// How long in-flight calls may take to finish once draining starts.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            propagation_delay: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Injected faults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultsConfig {
+    /// Added to every application call (not to health or reflection).
+    #[serde(with = "duration")]
+    pub delay: Duration,
+}
+
+/// The layers, before they are turned into a [`Config`].
+#[derive(Debug, Clone)]
+pub(crate) struct Layers {
+    figment: Figment,
+}
+
+impl Layers {
+    /// Stacks defaults, the file (if any), the `TRELLIS_*` environment
+    /// variables and the flags, in that order of precedence.
+    pub(crate) fn load(file: Option<&Path>, flags: Vec<(String, String)>) -> Result<Self, Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "config file `{}` does not exist (check the path given to --config)",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(|key| key.as_str() != "config")
+                .lowercase(true)
+                .map(|key| key.as_str().to_owned().into())
+                .global(),
+        );
+        for (key, value) in flags {
+            figment = figment.merge(Serialized::global(&key, parse_value(&value)));
+        }
+        let layers = Layers { figment };
+        layers.config()?;
+        Ok(layers)
+    }
+
+    /// The runtime's settings.
+    pub(crate) fn config(&self) -> Result<Config, Error> {
+        self.figment.extract().map_err(config_error)
+    }
+
+    /// The section `key`, deserialized into `T` (a missing section is empty,
+    /// so `#[serde(default)]` fields take their defaults).
+    pub(crate) fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, Error> {
+        Figment::from(Serialized::global(key, figment::value::Dict::new()))
+            .merge(self.figment.clone())
+            .extract_inner(key)
+            .map_err(config_error)
+    }
+}
+
+/// A flag's value: a TOML scalar (`5`, `true`) when it parses as one,
+/// otherwise the string as given.
+fn parse_value(raw: &str) -> figment::value::Value {
+    raw.parse::<figment::value::Value>().unwrap_or_else(|_| raw.into())
+}
+
+fn config_error(err: figment::Error) -> Error {
+    let messages: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let from = e.metadata.as_ref().map(|m| {
+                let source = m.source.as_ref().map(|s| format!(" {s}")).unwrap_or_default();
+                let name = m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path);
+                format!(" (from {}{source}: {name})", m.name)
+            });
+            let what = if key.is_empty() { "configuration".to_owned() } else { format!("`{key}`") };
+            format!("{what}: {}{}", e.kind, from.unwrap_or_default())
+        })
+        .collect();
+    Error::Config(messages.join("; "))
+}
+
+mod listen_addr {
+    use std::net::{SocketAddr, ToSocketAddrs};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(addr)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let raw = String::deserialize(d)?;
+        if let Ok(addr) = raw.parse() {
+            return Ok(addr);
+        }
+        raw.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{raw}` is not an address to listen on; expected HOST:PORT such as \
+                 127.0.0.1:50051, 0.0.0.0:8080 or [::]:0 (port 0 picks a free port)"
+            ))
+        })
+    }
+}

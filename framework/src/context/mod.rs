@@ -1,0 +1,105 @@
+//! The request context: what an inbound call hands to the outbound calls its
+//! handler makes.
+//!
+//! The server sets a [`RequestContext`] around every handler. A generated
+//! client called from inside the handler reads it and sends the inbound
+//! call's remaining deadline along, minus [`DEADLINE_MARGIN`], so a chain of
+//! services gives up together instead of working for a caller that has left.
+//!
+//! The context is task-local: it is visible in the handler's own future (and
+//! in `join!`/`select!` inside it) but not in tasks the handler spawns; wrap
+//! those with [`RequestContext::scope`] to carry it over.
+
+mod timeout;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use timeout::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout};
+
+/// Kept back from an inherited deadline, to leave the caller time to receive
+/// and pass on the answer.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+/// What the server knows about the call being handled.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    deadline: Option<Instant>,
+}
+
+impl RequestContext {
+    /// A context whose calls must finish by `deadline` (`None`: no deadline).
+    pub fn new(deadline: Option<Instant>) -> Self {
+        RequestContext { deadline }
+    }
+
+    /// The context of the call being handled on this task, if any.
+    pub fn current() -> Option<RequestContext> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// When the call being handled must be finished by.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The time left until the deadline; zero once it has passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `fut` with this context as the current one.
+    pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
+        CURRENT.scope(self, fut)
+    }
+}
+
+/// The deadline an outbound call started now should carry: the earlier of
+/// `own` (the call's own timeout) and the inbound call's remaining deadline
+/// less [`DEADLINE_MARGIN`].
+pub fn outbound_deadline(own: Option<Duration>) -> Option<Instant> {
+    let now = Instant::now();
+    let own = own.map(|t| now + t);
+    let inherited = RequestContext::current()
+        .and_then(|ctx| ctx.deadline)
+        .map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d).max(now));
+    match (own, inherited) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn outbound_takes_the_earlier_deadline() {
+        assert_eq!(outbound_deadline(None), None);
+        let start = Instant::now();
+        assert_eq!(outbound_deadline(Some(Duration::from_secs(1))), Some(start + Duration::from_secs(1)));
+
+        let inbound = RequestContext::new(Some(start + Duration::from_millis(200)));
+        let got = inbound.clone().scope(async { outbound_deadline(Some(Duration::from_secs(1))) }).await;
+        assert_eq!(got, Some(start + Duration::from_millis(200) - DEADLINE_MARGIN));
+
+        let got = inbound.scope(async { outbound_deadline(Some(Duration::from_millis(50))) }).await;
+        assert_eq!(got, Some(start + Duration::from_millis(50)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_inbound_deadline_is_not_extended() {
+        let start = Instant::now();
+        let inbound = RequestContext::new(Some(start + Duration::from_millis(2)));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let got = inbound.scope(async { outbound_deadline(None) }).await;
+        assert_eq!(got, Some(Instant::now()));
+        assert_eq!(RequestContext::current().map(|c| c.remaining()), None);
+    }
+}

@@ -1,0 +1,76 @@
+//! The `grpc-timeout` header: `TimeoutValue TimeoutUnit`, at most 8 digits.
+
+use std::time::Duration;
+
+/// The header that carries a call's deadline, relative to when it was sent.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+const MAX_DIGITS: u64 = 99_999_999;
+
+/// Parses a `grpc-timeout` value such as `100m` or `5S`; `None` if malformed.
+pub fn decode_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats `timeout` for the `grpc-timeout` header, in the finest unit that
+/// fits in 8 digits (rounding up, so a deadline is never shortened to zero).
+pub fn encode_grpc_timeout(timeout: Duration) -> String {
+    let nanos = timeout.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    for (per, unit) in units {
+        let value = nanos.div_ceil(per);
+        if value <= u128::from(MAX_DIGITS) {
+            return format!("{value}{unit}");
+        }
+    }
+    format!("{MAX_DIGITS}H")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for d in [
+            Duration::from_nanos(1),
+            Duration::from_millis(250),
+            Duration::from_secs(30),
+            Duration::from_secs(86_400 * 400),
+        ] {
+            let encoded = encode_grpc_timeout(d);
+            let decoded = decode_grpc_timeout(encoded.as_bytes()).unwrap();
+            assert!(decoded >= d, "{encoded} decoded to {decoded:?} < {d:?}");
+        }
+        assert_eq!(encode_grpc_timeout(Duration::from_millis(250)), "250000000n");
+        assert_eq!(encode_grpc_timeout(Duration::from_secs(30)), "30000000u");
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(decode_grpc_timeout(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(decode_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+    }
+}

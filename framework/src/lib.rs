@@ -1,0 +1,60 @@
+//! Trellis: gRPC microservices that register, discover, balance and survive
+//! failures, built on tonic and tower.
+//!
+//! A service is a `.proto` compiled by `trellis-build` in `build.rs`, a
+//! handler implementing the generated trait, and a `main` of a few lines:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     trellis::App::new("order-payment", "0.1.0").run(|ctx| async move {
+//!         ctx.server()
+//!             // .add_service(OrderPaymentServer::new(handler))
+//!             .serve()
+//!             .await?;
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! The [`App`] gives the binary its command line (`--listen`, `--config`,
+//! `--registry`, `--log-format`, `--set`), layered [configuration](config),
+//! and logging. The [`Server`] adds health, reflection, per-call tracing,
+//! deadline propagation and graceful shutdown to every service. Generated
+//! clients connect by service name through a [`Registry`] and send every call
+//! with a deadline.
+//!
+//! Include the generated code with [`include_protos!`]:
+//!
+//! ```ignore
+//! pub mod proto {
+//!     trellis::include_protos!();
+//! }
+//! use proto::order::payment::v1::{OrderPaymentClient, PayRequest};
+//! ```
+
+pub mod app;
+pub mod client;
+pub mod codegen;
+pub mod config;
+pub mod context;
+mod descriptor;
+mod error;
+pub mod registry;
+pub mod server;
+pub mod telemetry;
+
+pub use app::{App, Context};
+pub use descriptor::{DescribedService, Idempotency, MethodDescriptor, ServiceDescriptor, StreamingKind};
+pub use error::{BoxError, Error};
+pub use registry::Registry;
+pub use server::Server;
+pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
+
+/// Includes the code `trellis-build` generated in `build.rs`: one module per
+/// proto package (`order.payment.v1` becomes `order::payment::v1`).
+#[macro_export]
+macro_rules! include_protos {
+    () => {
+        include!(concat!(env!("OUT_DIR"), "/trellis_protos.rs"));
+    };
+}

@@ -1,0 +1,143 @@
+//! Ends server-streaming calls cleanly when the server drains.
+//!
+//! Graceful shutdown waits for in-flight calls. Unary calls end by
+//! themselves, but a stream such as a health `Watch` or an order `WatchStatus`
+//! may never end, and would hold shutdown until the drain timeout. Once the
+//! drain starts, this layer lets every message already produced through, then
+//! closes each such stream with `UNAVAILABLE`, which tells the client to
+//! reconnect, to another instance.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Closes the streams of `paths` when `token` is cancelled.
+#[derive(Debug, Clone)]
+pub(crate) struct DrainLayer {
+    streaming_paths: Arc<HashSet<String>>,
+    token: CancellationToken,
+}
+
+impl DrainLayer {
+    pub(crate) fn new(streaming_paths: HashSet<String>, token: CancellationToken) -> Self {
+        DrainLayer { streaming_paths: Arc::new(streaming_paths), token }
+    }
+}
+
+impl<S> Layer<S> for DrainLayer {
+    type Service = Drain<S>;
+
+    fn layer(&self, inner: S) -> Drain<S> {
+        Drain { inner, layer: self.clone() }
+    }
+}
+
+/// The service made by [`DrainLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Drain<S> {
+    inner: S,
+    layer: DrainLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Drain<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<DrainBody<ResBody>>;
+    type Error = S::Error;
+    type Future = DrainFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let token = self
+            .layer
+            .streaming_paths
+            .contains(req.uri().path())
+            .then(|| self.layer.token.clone());
+        DrainFuture { inner: self.inner.call(req), token }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Drain`].
+    pub(crate) struct DrainFuture<F> {
+        #[pin]
+        inner: F,
+        token: Option<CancellationToken>,
+    }
+}
+
+impl<F, B, E> Future for DrainFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<DrainBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let drained = this.token.take().map(|t| Box::pin(t.cancelled_owned()));
+        Poll::Ready(Ok(response.map(|inner| DrainBody { inner, drained, done: false })))
+    }
+}
+
+pin_project! {
+    /// Response body of [`Drain`].
+    pub(crate) struct DrainBody<B> {
+        #[pin]
+        inner: B,
+        drained: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        done: bool,
+    }
+}
+
+impl<B: Body> Body for DrainBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        let drained = this.drained.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        match drained {
+            true => {
+                *this.done = true;
+                let mut trailers = HeaderMap::with_capacity(2);
+                trailers.insert("grpc-status", HeaderValue::from_static("14"));
+                trailers.insert(
+                    "grpc-message",
+                    HeaderValue::from_static("server is shutting down; reconnect to another instance"),
+                );
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            false => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

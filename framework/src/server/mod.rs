@@ -1,0 +1,323 @@
+//! The Trellis server: your generated services, plus everything a service
+//! needs in production, always on.
+//!
+//! - `grpc.health.v1.Health`: each service reports `SERVING` once the server
+//!   listens, and every service (and the server as a whole, `""`) turns
+//!   `NOT_SERVING` the moment shutdown starts.
+//! - Server reflection, `grpc.reflection.v1` and `v1alpha`, describing every
+//!   added service from the descriptors `trellis-build` embeds.
+//! - A `tracing` span per call with method, status and duration.
+//! - The inbound `grpc-timeout` set as the [request context](crate::context),
+//!   so outbound calls inherit the remaining deadline.
+//! - Graceful shutdown on SIGINT or SIGTERM.
+//!
+//! Shutdown runs in this order: health goes `NOT_SERVING`; for
+//! `shutdown.propagation_delay` the server keeps serving while load balancers
+//! and health checkers notice; then it stops accepting connections and
+//! drains: in-flight unary calls run to completion, open server streams are
+//! closed with `UNAVAILABLE` once the messages already produced are sent; after
+//! `shutdown.drain_timeout` whatever is left is closed.
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # async fn run() -> Result<(), trellis::Error> {
+//! trellis::Server::builder()
+//!     .listen("127.0.0.1:50051".parse().unwrap())
+//!     .drain_timeout(Duration::from_secs(5))
+//!     // .add_service(OrderPaymentServer::new(MyPayments::default()))
+//!     .serve()
+//!     .await
+//! # }
+//! ```
+
+mod deadline;
+mod drain;
+mod faults;
+mod trace;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+
+use crate::config::ShutdownConfig;
+use crate::descriptor::{DescribedService, ServiceDescriptor};
+use crate::error::Error;
+
+/// The paths of the streaming methods of the services every server carries.
+const BUILTIN_STREAMING_PATHS: [&str; 3] = [
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Entry point: `Server::builder()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults: `127.0.0.1:0`, default shutdown timings,
+    /// stopping on SIGINT or SIGTERM.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown: ShutdownConfig::default(),
+            fault_delay: Duration::ZERO,
+            routes: RoutesBuilder::default(),
+            services: Vec::new(),
+            signal: None,
+        }
+    }
+}
+
+/// Configures and starts a [`Server`].
+#[must_use]
+pub struct ServerBuilder {
+    listen: SocketAddr,
+    shutdown: ShutdownConfig,
+    fault_delay: Duration,
+    routes: RoutesBuilder,
+    services: Vec<&'static ServiceDescriptor>,
+    signal: Option<ShutdownSignal>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("listen", &self.listen)
+            .field("shutdown", &self.shutdown)
+            .field("services", &self.services.iter().map(|s| s.name()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// The address to listen on; port 0 picks a free port (see
+    /// [`BoundServer::local_addr`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// How long draining may take before the remaining calls are cut.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown.drain_timeout = timeout;
+        self
+    }
+
+    /// How long to keep serving after turning `NOT_SERVING`, before draining.
+    pub fn propagation_delay(mut self, delay: Duration) -> Self {
+        self.shutdown.propagation_delay = delay;
+        self
+    }
+
+    /// Delays every application call by `delay`, to simulate a slow instance.
+    pub fn fault_delay(mut self, delay: Duration) -> Self {
+        self.fault_delay = delay;
+        self
+    }
+
+    pub(crate) fn shutdown_config(mut self, shutdown: ShutdownConfig) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// Stops the server when `signal` completes, instead of on SIGINT/SIGTERM.
+    pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.signal = Some(Box::pin(signal));
+        self
+    }
+
+    /// Adds a service generated by `trellis-build`, such as
+    /// `OrderPaymentServer::new(handler)`. Its health status and reflection
+    /// entry are set up with it.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: DescribedService
+            + NamedService
+            + tower_service::Service<
+                http::Request<Body>,
+                Response = http::Response<Body>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.services.push(S::DESCRIPTOR);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Binds the listening socket. Use this to learn the address before
+    /// serving; [`serve`](Self::serve) does both.
+    ///
+    /// # Errors
+    ///
+    /// When the address cannot be bound.
+    pub async fn bind(self) -> Result<BoundServer, Error> {
+        let listener = TcpListener::bind(self.listen)
+            .await
+            .map_err(|source| Error::Bind { addr: self.listen, source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| Error::Bind { addr: self.listen, source })?;
+        Ok(BoundServer { builder: self, listener, local_addr })
+    }
+
+    /// Binds and serves until the shutdown signal, then shuts down gracefully.
+    ///
+    /// # Errors
+    ///
+    /// When the address cannot be bound or the server fails.
+    pub async fn serve(self) -> Result<(), Error> {
+        self.bind().await?.serve().await
+    }
+}
+
+/// A server with its socket bound, ready to [`serve`](Self::serve).
+#[derive(Debug)]
+pub struct BoundServer {
+    builder: ServerBuilder,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl BoundServer {
+    /// The address the server listens on, with the real port when 0 was asked.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until the shutdown signal, then shuts down gracefully (see the
+    /// [module docs](self)).
+    ///
+    /// # Errors
+    ///
+    /// When the server fails while serving.
+    pub async fn serve(self) -> Result<(), Error> {
+        let BoundServer { builder, listener, local_addr } = self;
+        let ServerBuilder { shutdown, fault_delay, routes, services, signal, .. } = builder;
+        let signal = signal.unwrap_or_else(|| Box::pin(termination_signal()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = routes;
+        routes
+            .add_service(health_service)
+            .add_service(reflection(&services).build_v1().map_err(|e| Error::Serve(e.into()))?)
+            .add_service(reflection(&services).build_v1alpha().map_err(|e| Error::Serve(e.into()))?);
+
+        let drain = CancellationToken::new();
+        let layers = ServiceBuilder::new()
+            .layer(trace::TraceLayer)
+            .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
+            .layer(deadline::DeadlineLayer)
+            .option_layer((!fault_delay.is_zero()).then_some(faults::FaultLayer { delay: fault_delay }));
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .layer(layers)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned());
+        tokio::pin!(server);
+
+        set_status(&health, &services, ServingStatus::Serving).await;
+        let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
+        tracing::info!(addr = %local_addr, services = ?names, "listening");
+
+        tokio::select! {
+            result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
+            () = signal => {}
+        }
+
+        tracing::info!(
+            propagation_delay = ?shutdown.propagation_delay,
+            drain_timeout = ?shutdown.drain_timeout,
+            "shutting down: health is NOT_SERVING",
+        );
+        set_status(&health, &services, ServingStatus::NotServing).await;
+        tokio::select! {
+            result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
+            () = tokio::time::sleep(shutdown.propagation_delay) => {}
+        }
+
+        tracing::info!("draining in-flight calls");
+        drain.cancel();
+        match tokio::time::timeout(shutdown.drain_timeout, server).await {
+            Ok(result) => result.map_err(|e| Error::Serve(e.into()))?,
+            Err(_) => tracing::warn!(
+                drain_timeout = ?shutdown.drain_timeout,
+                "drain timed out; closing the remaining connections",
+            ),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn set_status(health: &HealthReporter, services: &[&ServiceDescriptor], status: ServingStatus) {
+    for service in services {
+        health.set_service_status(service.name(), status).await;
+    }
+    health.set_service_status("", status).await;
+}
+
+fn reflection<'a>(services: &[&'static ServiceDescriptor]) -> tonic_reflection::server::Builder<'a> {
+    let mut seen: Vec<&'static [u8]> = Vec::new();
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in services.iter().map(|s| s.file_descriptor_set()) {
+        if !seen.contains(&set) {
+            seen.push(set);
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
+    }
+    builder
+}
+
+fn streaming_paths(services: &[&'static ServiceDescriptor]) -> HashSet<String> {
+    let app_paths = services
+        .iter()
+        .flat_map(|s| s.methods())
+        .filter(|m| m.kind().server_streams())
+        .map(|m| m.path());
+    BUILTIN_STREAMING_PATHS.into_iter().chain(app_paths).map(str::to_owned).collect()
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => tracing::info!("received SIGINT"),
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                }
+            }
+            _ => {
+                tracing::warn!("cannot install signal handlers; only Ctrl-C will stop the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

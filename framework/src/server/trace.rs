@@ -1,0 +1,199 @@
+//! One span per call, closed with the call's gRPC status and duration.
+//!
+//! The status of a gRPC call is known only at its very end: in the response
+//! headers for a trailers-only answer, otherwise in the trailers after the
+//! last message. So the span's outcome is recorded by a body wrapper when the
+//! trailers pass through, or, if the client goes away first, when the body is
+//! dropped (reported as `CANCELLED`).
+//!
+//! Successful calls are logged at `DEBUG`; client errors at `INFO`; server
+//! errors (`UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`,
+//! `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`) at `WARN`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tonic::Code;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+
+/// Adds a call span to every request. See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner }
+    }
+}
+
+/// The service made by [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Trace<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Trace<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<TraceBody<ResBody>>;
+    type Error = S::Error;
+    type Future = TraceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let span = tracing::info_span!(
+            "grpc",
+            rpc.method = req.uri().path(),
+            rpc.status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let inner = {
+            let _enter = span.enter();
+            self.inner.call(req)
+        };
+        TraceFuture { inner, call: Some(Call { span, start: Instant::now() }) }
+    }
+}
+
+/// The state of one call until its status is known.
+#[derive(Debug)]
+struct Call {
+    span: Span,
+    start: Instant,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        let elapsed = self.start.elapsed();
+        let duration_ms = elapsed.as_secs_f64() * 1e3;
+        self.span.record("rpc.status", tracing::field::debug(code));
+        self.span.record("duration_ms", duration_ms);
+        let _enter = self.span.enter();
+        match code {
+            Code::Ok => tracing::debug!(status = ?code, duration_ms, "call finished"),
+            Code::Unknown
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::DeadlineExceeded
+            | Code::Unimplemented => tracing::warn!(status = ?code, duration_ms, "call failed"),
+            _ => tracing::info!(status = ?code, duration_ms, "call finished"),
+        }
+    }
+}
+
+fn status_code(headers: &HeaderMap) -> Option<Code> {
+    headers.get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+pin_project! {
+    /// Response future of [`Trace`].
+    pub(crate) struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F, ResBody, E> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<TraceBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _enter = this.call.as_ref().map(|c| c.span.enter());
+            ready!(this.inner.poll(cx))
+        };
+        let mut call = this.call.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                if let Some(code) = status_code(response.headers()) {
+                    // Trailers-only: the call ended with the headers.
+                    if let Some(call) = call.take() {
+                        call.finish(code);
+                    }
+                }
+                Ok(response.map(|inner| TraceBody { inner, call }))
+            }
+            Err(err) => {
+                if let Some(call) = call {
+                    call.finish(Code::Internal);
+                }
+                Err(err)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// Response body of [`Trace`]: records the status when the trailers pass.
+    pub(crate) struct TraceBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for TraceBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for TraceBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_code) {
+                    if let Some(call) = this.call.take() {
+                        call.finish(code);
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Internal);
+                }
+            }
+            None => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Ok);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

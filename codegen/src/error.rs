@@ -17,11 +17,7 @@ pub struct Error {
 #[derive(Debug)]
 enum ErrorKind {
     /// The protos did not parse or did not type-check.
-    Proto {
-        location: Option<Location>,
-        message: String,
-        help: Option<String>,
-    },
+    Proto { location: Option<Location>, message: String, help: Option<String> },
     /// Writing the generated code failed.
     Io { path: PathBuf, source: std::io::Error },
     /// A setting of the builder is invalid.
@@ -126,8 +122,5 @@ fn display_path(name: &str, includes: &[PathBuf]) -> String {
 }
 
 fn path_string(path: &Path) -> String {
-    path.strip_prefix(std::env::current_dir().unwrap_or_default())
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(std::env::current_dir().unwrap_or_default()).unwrap_or(path).display().to_string()
 }

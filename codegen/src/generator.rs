@@ -104,12 +104,10 @@ fn trellis_tokens(service: &Service, build_client: bool, build_server: bool) -> 
     };
 
     if build_client {
-        let alias_doc = format!(
-            " A `{full_name}` client that finds its instances through a Trellis registry."
-        );
-        let discover_doc = format!(
-            " Connects to `{full_name}` by name through `registry`, with the Trellis client stack."
-        );
+        let alias_doc =
+            format!(" A `{full_name}` client that finds its instances through a Trellis registry.");
+        let discover_doc =
+            format!(" Connects to `{full_name}` by name through `registry`, with the Trellis client stack.");
         tokens.extend(quote! {
             #[doc = #alias_doc]
             pub type #client_type = #client_mod::#client_type<#codegen::Channel>;

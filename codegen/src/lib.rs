@@ -2,10 +2,8 @@
 //! from a `build.rs`, with no `protoc` on the machine.
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     trellis_build::compile(&["proto/order/payment/v1/payment.proto"], &["proto"]);
-//! }
+//! // in build.rs, `fn main`:
+//! trellis_build::compile(&["proto/order/payment/v1/payment.proto"], &["proto"]);
 //! ```
 //!
 //! ```ignore
@@ -110,11 +108,7 @@ impl Builder {
     ///
     /// A proto that does not parse or type-check, a missing import, or an
     /// output directory that cannot be written.
-    pub fn compile(
-        self,
-        protos: &[impl AsRef<Path>],
-        includes: &[impl AsRef<Path>],
-    ) -> Result<(), Error> {
+    pub fn compile(self, protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>]) -> Result<(), Error> {
         let includes: Vec<PathBuf> = includes.iter().map(|p| p.as_ref().to_path_buf()).collect();
         let out_dir = match self.out_dir {
             Some(dir) => dir,
@@ -171,8 +165,6 @@ impl Builder {
                 build_server: self.build_server,
                 descriptor_set,
             }));
-        config
-            .compile_fds(compiler.file_descriptor_set())
-            .map_err(|e| Error::io(&out_dir, e))
+        config.compile_fds(compiler.file_descriptor_set()).map_err(|e| Error::io(&out_dir, e))
     }
 }

@@ -100,6 +100,7 @@ impl App {
             eprintln!("{}: error: {err}", self.name);
             return ExitCode::from(2);
         }
+        let json_logs = ctx.config.log.format == LogFormat::Json;
         let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(err) => {
@@ -110,13 +111,20 @@ impl App {
         match runtime.block_on(setup(ctx)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                let code = if err.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Config(_) | Error::Registry { .. })) {
+                let code = if err
+                    .downcast_ref::<Error>()
+                    .is_some_and(|e| matches!(e, Error::Config(_) | Error::Registry { .. }))
+                {
                     ExitCode::from(2)
                 } else {
                     ExitCode::FAILURE
                 };
-                tracing::error!("{}", error_chain(err.as_ref()));
-                eprintln!("{}: error: {}", self.name, error_chain(err.as_ref()));
+                let message = error_chain(err.as_ref());
+                if json_logs {
+                    tracing::error!("{message}");
+                } else {
+                    eprintln!("{}: error: {message}", self.name);
+                }
                 code
             }
         }
@@ -181,7 +189,9 @@ impl Context {
         let mut flags = Vec::new();
         for raw in matches.get_many::<String>("set").into_iter().flatten() {
             let (key, value) = raw.split_once('=').ok_or_else(|| {
-                Error::Config(format!("--set `{raw}`: expected KEY=VALUE, such as shutdown.drain_timeout=30s"))
+                Error::Config(format!(
+                    "--set `{raw}`: expected KEY=VALUE, such as shutdown.drain_timeout=30s"
+                ))
             })?;
             flags.push((key.trim().to_owned(), value.to_owned()));
         }

@@ -11,6 +11,8 @@ pub use tonic;
 pub use tonic_prost::ProstCodec;
 
 pub use crate::client::Channel;
-pub use crate::descriptor::{DescribedService, Idempotency, MethodDescriptor, ServiceDescriptor, StreamingKind};
+pub use crate::descriptor::{
+    DescribedService, Idempotency, MethodDescriptor, ServiceDescriptor, StreamingKind,
+};
 pub use crate::error::Error;
 pub use crate::registry::Registry;

@@ -16,7 +16,9 @@ pub enum Error {
     Config(String),
 
     /// The server could not listen on its address.
-    #[error("cannot listen on {addr}: {source} (choose another address with --listen, or stop what holds it)")]
+    #[error(
+        "cannot listen on {addr}: {source} (choose another address with --listen, or stop what holds it)"
+    )]
     Bind {
         /// The address from `listen`.
         addr: SocketAddr,
@@ -46,7 +48,9 @@ pub enum Error {
     },
 
     /// Something that needs a Tokio runtime was called outside one.
-    #[error("{0} must be called inside a Tokio runtime (for example from `#[tokio::main]` or `trellis::App::run`)")]
+    #[error(
+        "{0} must be called inside a Tokio runtime (for example from `#[tokio::main]` or `trellis::App::run`)"
+    )]
     NoRuntime(&'static str),
 
     /// The server failed while serving.

@@ -49,7 +49,9 @@ where
             let settings: Settings = ctx.section("payment")?;
             let store = store::PaymentStore::open(&settings.database)?;
             ctx.server()
-                .add_service(proto::order::payment::v1::order_payment_server::OrderPaymentServer::new(PaymentService::new(store)))
+                .add_service(proto::order::payment::v1::order_payment_server::OrderPaymentServer::new(
+                    PaymentService::new(store),
+                ))
                 .serve()
                 .await?;
             Ok(())

@@ -10,8 +10,8 @@ use crate::store::{self, NewPayment, PaymentRecord, PaymentStore, StoreError};
 
 /// The currencies accepted, ISO 4217.
 const CURRENCIES: &[&str] = &[
-    "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "INR", "JPY", "KRW",
-    "MXN", "NOK", "NZD", "PLN", "SEK", "SGD", "USD", "ZAR",
+    "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "INR", "JPY", "KRW", "MXN", "NOK",
+    "NZD", "PLN", "SEK", "SGD", "USD", "ZAR",
 ];
 
 /// Longest accepted order id or idempotency key.

@@ -68,7 +68,10 @@ impl OrderShipping for ShippingService {
 fn optional(field: &str, value: String) -> Result<String, Status> {
     let value = value.trim().to_owned();
     if value.len() > MAX_LEN {
-        return Err(Status::invalid_argument(format!("{field}: at most {MAX_LEN} bytes, got {}", value.len())));
+        return Err(Status::invalid_argument(format!(
+            "{field}: at most {MAX_LEN} bytes, got {}",
+            value.len()
+        )));
     }
     Ok(value)
 }

@@ -90,7 +90,10 @@ type ReportStream = Pin<Box<dyn Stream<Item = Result<OrderStatusReport, Status>>
 
 #[trellis::async_trait]
 impl OrderStatus for StatusService {
-    async fn get_status(&self, request: Request<GetStatusRequest>) -> Result<Response<OrderStatusReport>, Status> {
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<OrderStatusReport>, Status> {
         let order_id = order_id(request.into_inner().order_id)?;
         Ok(Response::new(self.report(&order_id).await?))
     }

@@ -5,9 +5,10 @@
 //! (`tonic::Request::set_timeout`, else [`DEFAULT_TIMEOUT`]), shortened to
 //! the remaining deadline of the inbound call being handled, if any (see
 //! [`context`](crate::context)). The deadline is sent as `grpc-timeout` and
-//! enforced locally, so a call to a hung instance ends with
+//! enforced locally too, so a call to a hung instance ends with
 //! `DEADLINE_EXCEEDED` on time. Transport failures come back as
-//! `UNAVAILABLE` with a message naming the service and its endpoints.
+//! `UNAVAILABLE` with a message naming the method, the service and its
+//! endpoints.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,8 +16,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::Endpoint;
@@ -88,9 +88,22 @@ impl Channel {
 }
 
 impl Target {
-    fn unavailable(&self, err: &(dyn std::error::Error + 'static)) -> BoxError {
+    /// The one place a transport error becomes a gRPC status: a timeout
+    /// anywhere in the source chain is the deadline, anything else means the
+    /// instances could not be reached.
+    fn status(&self, path: &str, timeout: Duration, err: &(dyn std::error::Error + 'static)) -> BoxError {
+        let mut source = Some(err);
+        while let Some(cause) = source {
+            if cause.is::<tonic::TimeoutExpired>() {
+                return Box::new(Status::deadline_exceeded(format!(
+                    "{path} on {}: no response within its {timeout:?} deadline",
+                    self.description
+                )));
+            }
+            source = cause.source();
+        }
         Box::new(Status::unavailable(format!(
-            "cannot reach {}: {}",
+            "{path}: cannot reach {}: {}",
             self.description,
             crate::app::error_chain(err)
         )))
@@ -104,7 +117,7 @@ impl Service<Request<Body>> for Channel {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Service::<Request<Body>>::poll_ready(&mut self.inner, cx)
-            .map_err(|e| self.target.unavailable(&e))
+            .map_err(|e| self.target.status("connect", Duration::ZERO, &e))
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
@@ -113,36 +126,38 @@ impl Service<Request<Body>> for Channel {
             .get(GRPC_TIMEOUT)
             .and_then(|v| decode_grpc_timeout(v.as_bytes()))
             .unwrap_or(DEFAULT_TIMEOUT);
-        let deadline = outbound_deadline(Some(own)).unwrap_or_else(|| Instant::now() + own);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return ResponseFuture::failed(Status::deadline_exceeded(format!(
-                "deadline passed before {} was sent",
-                req.uri().path()
-            )));
+        let now = Instant::now();
+        let deadline = outbound_deadline(Some(own)).unwrap_or(now + own);
+        let timeout = deadline.saturating_duration_since(now);
+        if timeout.is_zero() {
+            return ResponseFuture {
+                inner: Err(Some(Status::deadline_exceeded(format!(
+                    "deadline passed before {} was sent",
+                    req.uri().path()
+                )))),
+            };
         }
-        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
+        // tonic's channel enforces the deadline it finds in this header.
+        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(timeout)) {
             req.headers_mut().insert(GRPC_TIMEOUT, value);
         }
         let path = req.uri().path().to_owned();
         ResponseFuture {
-            state: State::Pending {
-                inner: self.inner.call(req),
-                sleep: tokio::time::sleep_until(deadline),
-                target: self.target.clone(),
-                path,
-                timeout: remaining,
-            },
+            inner: Ok(Pending { call: self.inner.call(req), target: self.target.clone(), path, timeout }),
         }
     }
 }
 
-pin_project! {
-    /// The future of a [`Channel`] call.
-    pub struct ResponseFuture {
-        #[pin]
-        state: State,
-    }
+/// The future of a [`Channel`] call.
+pub struct ResponseFuture {
+    inner: Result<Pending, Option<Status>>,
+}
+
+struct Pending {
+    call: tonic::transport::channel::ResponseFuture,
+    target: Arc<Target>,
+    path: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for ResponseFuture {
@@ -151,45 +166,17 @@ impl std::fmt::Debug for ResponseFuture {
     }
 }
 
-pin_project! {
-    #[project = StateProj]
-    enum State {
-        Pending {
-            #[pin]
-            inner: tonic::transport::channel::ResponseFuture,
-            #[pin]
-            sleep: Sleep,
-            target: Arc<Target>,
-            path: String,
-            timeout: Duration,
-        },
-        Failed { status: Option<Status> },
-    }
-}
-
-impl ResponseFuture {
-    fn failed(status: Status) -> Self {
-        ResponseFuture { state: State::Failed { status: Some(status) } }
-    }
-}
-
 impl Future for ResponseFuture {
     type Output = Result<Response<Body>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Pending { inner, sleep, target, path, timeout } => {
-                if let Poll::Ready(result) = inner.poll(cx) {
-                    return Poll::Ready(result.map_err(|e| target.unavailable(&e)));
-                }
-                ready!(sleep.poll(cx));
-                Poll::Ready(Err(Box::new(Status::deadline_exceeded(format!(
-                    "{path} on {}: no response within its {timeout:?} deadline",
-                    target.description
-                )))))
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.inner {
+            Ok(pending) => {
+                let result = ready!(Pin::new(&mut pending.call).poll(cx));
+                Poll::Ready(result.map_err(|e| pending.target.status(&pending.path, pending.timeout, &e)))
             }
-            StateProj::Failed { status } => Poll::Ready(Err(Box::new(
-                status.take().unwrap_or_else(|| Status::internal("ResponseFuture polled after completion")),
+            Err(status) => Poll::Ready(Err(Box::new(
+                status.take().unwrap_or_else(|| Status::internal("call polled after completion")),
             ))),
         }
     }

@@ -10,9 +10,9 @@ pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
 
 pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let raw = String::deserialize(d)?;
-    humantime::parse_duration(&raw).map_err(|e| {
+    humantime::parse_duration(&raw).map_err(|_| {
         serde::de::Error::custom(format!(
-            "`{raw}` is not a duration ({e}); expected a number with a unit such as 500ms, 10s or 1m"
+            "`{raw}` is not a duration; expected a number with a unit such as 500ms, 10s or 1m"
         ))
     })
 }

@@ -104,10 +104,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig {
-            propagation_delay: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(10),
-        }
+        ShutdownConfig { propagation_delay: Duration::from_secs(1), drain_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -164,10 +161,16 @@ impl Layers {
     /// The section `key`, deserialized into `T` (a missing section is empty,
     /// so `#[serde(default)]` fields take their defaults).
     pub(crate) fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, Error> {
-        Figment::from(Serialized::global(key, figment::value::Dict::new()))
-            .merge(self.figment.clone())
-            .extract_inner(key)
-            .map_err(config_error)
+        self.figment.focus(key).extract().map_err(|err| {
+            let messages: Vec<String> = err
+                .into_iter()
+                .map(|mut e| {
+                    e.path.insert(0, key.to_owned());
+                    describe(&e)
+                })
+                .collect();
+            Error::Config(messages.join("; "))
+        })
     }
 }
 
@@ -178,20 +181,41 @@ fn parse_value(raw: &str) -> figment::value::Value {
 }
 
 fn config_error(err: figment::Error) -> Error {
-    let messages: Vec<String> = err
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let from = e.metadata.as_ref().map(|m| {
-                let source = m.source.as_ref().map(|s| format!(" {s}")).unwrap_or_default();
-                let name = m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path);
-                format!(" (from {}{source}: {name})", m.name)
-            });
-            let what = if key.is_empty() { "configuration".to_owned() } else { format!("`{key}`") };
-            format!("{what}: {}{}", e.kind, from.unwrap_or_default())
-        })
-        .collect();
+    let messages: Vec<String> = err.into_iter().map(|e| describe(&e)).collect();
     Error::Config(messages.join("; "))
+}
+
+/// One error as "`key` (from SOURCE): what is wrong; what is accepted".
+fn describe(err: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = err.path.join(".");
+    let what = if key.is_empty() { "configuration".to_owned() } else { format!("`{key}`") };
+    let one_of = |options: &[&str]| options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
+    let problem = match &err.kind {
+        Kind::UnknownVariant(found, expected) => {
+            format!("`{found}` is not accepted; expected one of {}", one_of(expected))
+        }
+        Kind::UnknownField(found, []) => {
+            format!("unknown field `{found}`; this section takes no settings")
+        }
+        Kind::UnknownField(found, expected) => {
+            format!("unknown field `{found}`; expected one of {}", one_of(expected))
+        }
+        Kind::InvalidType(actual, expected) => format!("found {actual}, expected {expected}"),
+        other => other.to_string(),
+    };
+    let source = err.metadata.as_ref().map(|meta| match &meta.source {
+        Some(figment::Source::File(path)) => format!("file `{}`", path.display()),
+        _ if meta.name.contains("environment") => {
+            format!("environment variable {ENV_PREFIX}{}", err.path.join("__").to_uppercase())
+        }
+        // Defaults cannot be wrong, so anything else came from a flag.
+        _ => "the command line".to_owned(),
+    });
+    match source {
+        Some(source) => format!("{what} (from {source}): {problem}"),
+        None => format!("{what}: {problem}"),
+    }
 }
 
 mod listen_addr {

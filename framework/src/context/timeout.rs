@@ -62,7 +62,7 @@ mod tests {
             let decoded = decode_grpc_timeout(encoded.as_bytes()).unwrap();
             assert!(decoded >= d, "{encoded} decoded to {decoded:?} < {d:?}");
         }
-        assert_eq!(encode_grpc_timeout(Duration::from_millis(250)), "250000000n");
+        assert_eq!(encode_grpc_timeout(Duration::from_millis(250)), "250000u");
         assert_eq!(encode_grpc_timeout(Duration::from_secs(30)), "30000000u");
     }
 

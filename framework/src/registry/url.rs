@@ -9,17 +9,15 @@ const EXPECTED: &str = "expected static://SERVICE=HOST:PORT[,HOST:PORT...][;SERV
 
 pub(super) fn parse(url: &str) -> Result<HashMap<String, Vec<Endpoint>>, Error> {
     let err = |reason: String| Error::Registry { url: url.to_owned(), reason };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| err(format!("not a URL (no `scheme://`); {EXPECTED}")))?;
+    let (scheme, rest) =
+        url.split_once("://").ok_or_else(|| err(format!("not a URL (no `scheme://`); {EXPECTED}")))?;
     if scheme != "static" {
         return Err(err(format!("unknown registry scheme `{scheme}`; {EXPECTED}")));
     }
     let mut services = HashMap::new();
     for entry in rest.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-        let (service, addrs) = entry
-            .split_once('=')
-            .ok_or_else(|| err(format!("`{entry}` has no `=`; {EXPECTED}")))?;
+        let (service, addrs) =
+            entry.split_once('=').ok_or_else(|| err(format!("`{entry}` has no `=`; {EXPECTED}")))?;
         let service = service.trim();
         if service.is_empty() || !service.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '_') {
             return Err(err(format!(
@@ -36,7 +34,8 @@ pub(super) fn parse(url: &str) -> Result<HashMap<String, Vec<Endpoint>>, Error> 
 }
 
 fn parse_endpoint(addr: &str) -> Result<Endpoint, String> {
-    let bad = |why: &str| format!("`{addr}` is not HOST:PORT ({why}), such as 127.0.0.1:50051 or [::1]:50051");
+    let bad =
+        |why: &str| format!("`{addr}` is not HOST:PORT ({why}), such as 127.0.0.1:50051 or [::1]:50051");
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
     if port == 0 {
@@ -56,7 +55,10 @@ mod tests {
     #[test]
     fn parses_services_and_endpoints() {
         let map = parse("static://a.v1.A=127.0.0.1:1,localhost:2;b.B=[::1]:3").unwrap();
-        assert_eq!(map["a.v1.A"].iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.1:1", "localhost:2"]);
+        assert_eq!(
+            map["a.v1.A"].iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["127.0.0.1:1", "localhost:2"]
+        );
         assert_eq!(map["b.B"][0].uri(), "http://[::1]:3");
         assert!(parse("static://").unwrap().is_empty());
     }

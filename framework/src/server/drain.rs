@@ -60,11 +60,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let token = self
-            .layer
-            .streaming_paths
-            .contains(req.uri().path())
-            .then(|| self.layer.token.clone());
+        let token = self.layer.streaming_paths.contains(req.uri().path()).then(|| self.layer.token.clone());
         DrainFuture { inner: self.inner.call(req), token }
     }
 }
@@ -118,19 +114,17 @@ impl<B: Body> Body for DrainBody<B> {
             return Poll::Ready(frame);
         }
         let drained = this.drained.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
-        match drained {
-            true => {
-                *this.done = true;
-                let mut trailers = HeaderMap::with_capacity(2);
-                trailers.insert("grpc-status", HeaderValue::from_static("14"));
-                trailers.insert(
-                    "grpc-message",
-                    HeaderValue::from_static("server is shutting down; reconnect to another instance"),
-                );
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-            }
-            false => Poll::Pending,
+        if !drained {
+            return Poll::Pending;
         }
+        *this.done = true;
+        let mut trailers = HeaderMap::with_capacity(2);
+        trailers.insert("grpc-status", HeaderValue::from_static("14"));
+        trailers.insert(
+            "grpc-message",
+            HeaderValue::from_static("server is shutting down; reconnect to another instance"),
+        );
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 
     fn is_end_stream(&self) -> bool {

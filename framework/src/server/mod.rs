@@ -149,11 +149,8 @@ impl ServerBuilder {
     where
         S: DescribedService
             + NamedService
-            + tower_service::Service<
-                http::Request<Body>,
-                Response = http::Response<Body>,
-                Error = Infallible,
-            > + Clone
+            + tower_service::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
             + Send
             + Sync
             + 'static,
@@ -174,8 +171,7 @@ impl ServerBuilder {
         let listener = TcpListener::bind(self.listen)
             .await
             .map_err(|source| Error::Bind { addr: self.listen, source })?;
-        let local_addr =
-            listener.local_addr().map_err(|source| Error::Bind { addr: self.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: self.listen, source })?;
         Ok(BoundServer { builder: self, listener, local_addr })
     }
 
@@ -290,11 +286,8 @@ fn reflection<'a>(services: &[&'static ServiceDescriptor]) -> tonic_reflection::
 }
 
 fn streaming_paths(services: &[&'static ServiceDescriptor]) -> HashSet<String> {
-    let app_paths = services
-        .iter()
-        .flat_map(|s| s.methods())
-        .filter(|m| m.kind().server_streams())
-        .map(|m| m.path());
+    let app_paths =
+        services.iter().flat_map(|s| s.methods()).filter(|m| m.kind().server_streams()).map(|m| m.path());
     BUILTIN_STREAMING_PATHS.into_iter().chain(app_paths).map(str::to_owned).collect()
 }
 

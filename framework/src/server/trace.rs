@@ -6,13 +6,14 @@
 //! trailers pass through, or, if the client goes away first, when the body is
 //! dropped (reported as `CANCELLED`).
 //!
-//! Successful calls are logged at `DEBUG`; client errors at `INFO`; server
+//! Each call's end is one event with `status`, `duration_ms` and, when the
+//! caller sent a deadline, `timeout_ms`. Successful calls are logged at `DEBUG`; client errors at `INFO`; server
 //! errors (`UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`,
 //! `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`) at `WARN`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -21,6 +22,8 @@ use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
+
+use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout};
 
 /// Adds a call span to every request. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,6 +56,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
         let span = tracing::info_span!(
             "grpc",
             rpc.method = req.uri().path(),
@@ -63,7 +67,7 @@ where
             let _enter = span.enter();
             self.inner.call(req)
         };
-        TraceFuture { inner, call: Some(Call { span, start: Instant::now() }) }
+        TraceFuture { inner, call: Some(Call { span, start: Instant::now(), timeout }) }
     }
 }
 
@@ -72,6 +76,8 @@ where
 struct Call {
     span: Span,
     start: Instant,
+    /// The deadline the caller sent, if any.
+    timeout: Option<Duration>,
 }
 
 impl Call {
@@ -80,16 +86,17 @@ impl Call {
         let duration_ms = elapsed.as_secs_f64() * 1e3;
         self.span.record("rpc.status", tracing::field::debug(code));
         self.span.record("duration_ms", duration_ms);
+        let timeout_ms = self.timeout.map(|t| t.as_secs_f64() * 1e3);
         let _enter = self.span.enter();
         match code {
-            Code::Ok => tracing::debug!(status = ?code, duration_ms, "call finished"),
+            Code::Ok => tracing::debug!(status = ?code, duration_ms, timeout_ms, "call finished"),
             Code::Unknown
             | Code::Internal
             | Code::Unavailable
             | Code::DataLoss
             | Code::DeadlineExceeded
-            | Code::Unimplemented => tracing::warn!(status = ?code, duration_ms, "call failed"),
-            _ => tracing::info!(status = ?code, duration_ms, "call finished"),
+            | Code::Unimplemented => tracing::warn!(status = ?code, duration_ms, timeout_ms, "call failed"),
+            _ => tracing::info!(status = ?code, duration_ms, timeout_ms, "call finished"),
         }
     }
 }
@@ -99,11 +106,20 @@ fn status_code(headers: &HeaderMap) -> Option<Code> {
 }
 
 pin_project! {
-    /// Response future of [`Trace`].
+    /// Response future of [`Trace`]. Dropped before it completes, the call
+    /// was cancelled by the client (or its connection closed).
     pub(crate) struct TraceFuture<F> {
         #[pin]
         inner: F,
         call: Option<Call>,
+    }
+
+    impl<F> PinnedDrop for TraceFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
     }
 }
 
@@ -122,11 +138,11 @@ where
         let mut call = this.call.take();
         Poll::Ready(match result {
             Ok(response) => {
-                if let Some(code) = status_code(response.headers()) {
-                    // Trailers-only: the call ended with the headers.
-                    if let Some(call) = call.take() {
-                        call.finish(code);
-                    }
+                // Trailers-only: the call ended with the headers.
+                if let Some(code) = status_code(response.headers())
+                    && let Some(call) = call.take()
+                {
+                    call.finish(code);
                 }
                 Ok(response.map(|inner| TraceBody { inner, call }))
             }
@@ -169,10 +185,10 @@ impl<B: Body> Body for TraceBody<B> {
         let frame = ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let Some(code) = frame.trailers_ref().and_then(status_code) {
-                    if let Some(call) = this.call.take() {
-                        call.finish(code);
-                    }
+                if let Some(code) = frame.trailers_ref().and_then(status_code)
+                    && let Some(call) = this.call.take()
+                {
+                    call.finish(code);
                 }
             }
             Some(Err(_)) => {

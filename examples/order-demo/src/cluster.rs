@@ -1,0 +1,157 @@
+//! Starting and stopping the service processes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use trellis::Registry;
+
+/// One running service process.
+#[derive(Debug)]
+struct Instance {
+    label: String,
+    addr: SocketAddr,
+    child: Child,
+}
+
+/// The services the demo started.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    payment: Vec<Instance>,
+    shipping: Vec<Instance>,
+    status: Instance,
+    registry: Registry,
+}
+
+impl Cluster {
+    /// Starts `instances` each of payment and shipping, sharing one database
+    /// per service under `dir`, then one order-status that finds them.
+    pub(crate) async fn start(dir: &Path, instances: u16) -> Result<Cluster, String> {
+        let payment_db = format!("payment.database={}", dir.join("payments.sqlite3").display());
+        let shipping_db = format!("shipping.database={}", dir.join("shipments.sqlite3").display());
+        let mut payment = Vec::new();
+        let mut shipping = Vec::new();
+        for i in 1..=instances {
+            payment.push(spawn(dir, "order-payment", i, &["--set", &payment_db]).await?);
+            shipping.push(spawn(dir, "order-shipping", i, &["--set", &shipping_db]).await?);
+        }
+        let url = static_url(&[
+            (order_payment::proto::order::payment::v1::ORDER_PAYMENT_SERVICE_NAME, &payment),
+            (order_shipping::proto::order::shipping::v1::ORDER_SHIPPING_SERVICE_NAME, &shipping),
+        ]);
+        let status = spawn(dir, "order-status", 1, &["--registry", &url]).await?;
+        let url = format!(
+            "{url};{}={}",
+            order_status::proto::order::status::v1::ORDER_STATUS_SERVICE_NAME,
+            status.addr
+        );
+        let registry = Registry::from_url(&url).map_err(|e| e.to_string())?;
+        Ok(Cluster { payment, shipping, status, registry })
+    }
+
+    /// The registry that names every instance.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// One line per instance.
+    pub(crate) fn describe(&self) -> String {
+        self.instances().map(|i| format!("  {:<18} {}", i.label, i.addr)).collect::<Vec<_>>().join("\n")
+    }
+
+    fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.payment.iter().chain(&self.shipping).chain(std::iter::once(&self.status))
+    }
+
+    /// Sends SIGTERM to every instance and waits up to `timeout` for each to
+    /// drain and exit; kills what is left.
+    pub(crate) async fn stop(self, timeout: Duration) {
+        let mut all: Vec<Instance> = self.payment.into_iter().chain(self.shipping).collect();
+        all.insert(0, self.status);
+        for instance in &all {
+            if let Some(pid) = instance.child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        for mut instance in all {
+            match tokio::time::timeout(timeout, instance.child.wait()).await {
+                Ok(Ok(status)) if status.success() => println!("  {:<18} stopped", instance.label),
+                Ok(Ok(status)) => println!("  {:<18} exited with {status}", instance.label),
+                Ok(Err(err)) => println!("  {:<18} cannot be waited for: {err}", instance.label),
+                Err(_) => {
+                    let _ = instance.child.kill().await;
+                    println!("  {:<18} killed after {timeout:?}", instance.label);
+                }
+            }
+        }
+    }
+}
+
+fn static_url(services: &[(&str, &[Instance])]) -> String {
+    let entries: Vec<String> = services
+        .iter()
+        .map(|(name, instances)| {
+            let addrs: Vec<String> = instances.iter().map(|i| i.addr.to_string()).collect();
+            format!("{name}={}", addrs.join(","))
+        })
+        .collect();
+    format!("static://{}", entries.join(";"))
+}
+
+/// Starts `service` (this binary, in multi-call mode) on a free port and
+/// waits for it to log its address. Its log goes to `dir/<label>.log`.
+async fn spawn(dir: &Path, service: &str, index: u16, args: &[&str]) -> Result<Instance, String> {
+    let label = format!("{service}-{index}");
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg(service)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--set",
+            "shutdown.propagation_delay=200ms",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {label}: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let log_path = dir.join(format!("{label}.log"));
+    let mut log = tokio::fs::File::create(&log_path)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut addr_tx = Some(addr_tx);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if addr_tx.is_some() {
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if value["message"] == "listening"
+                    && let (Some(tx), Some(addr)) = (addr_tx.take(), value["addr"].as_str())
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+            let _ = log.write_all(line.as_bytes()).await;
+            let _ = log.write_all(b"\n").await;
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(20), addr_rx)
+        .await
+        .map_err(|_| format!("{label} did not start within 20s; see {}", log_path.display()))?
+        .map_err(|_| format!("{label} exited at start; see {}", log_path.display()))?;
+    let addr = addr.parse().map_err(|e| format!("{label} logged a bad address `{addr}`: {e}"))?;
+    Ok(Instance { label, addr, child })
+}

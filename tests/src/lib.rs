@@ -1,0 +1,174 @@
+//! Support for the end-to-end tests: real service processes on loopback.
+//!
+//! The service binaries are found next to the test binary's own directory
+//! (`target/debug`); `cargo test --workspace` builds them, since each service
+//! package has integration tests of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The generated code of the test protos.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod proto {
+    ::trellis::include_protos!();
+}
+
+/// How long a service may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path of the workspace binary `name` (such as `order-payment`).
+///
+/// # Panics
+///
+/// If the binary was not built: run the tests with `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds the service binaries",
+        path.display()
+    );
+    path
+}
+
+/// A service process started for a test. Killed when dropped.
+#[derive(Debug)]
+pub struct Service {
+    name: String,
+    child: Child,
+    addr: std::net::SocketAddr,
+    logs: mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl Service {
+    /// Starts binary `name` with `args` on a free loopback port, with JSON
+    /// logs, and waits until it listens.
+    pub async fn start(name: &str, args: &[&str]) -> Service {
+        Self::start_with_env(name, args, &[]).await
+    }
+
+    /// [`start`](Self::start), with extra environment variables.
+    pub async fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
+        let mut child = Command::new(bin(name))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--set", "log.level=info"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, mut logs) = mpsc::unbounded_channel();
+        let label = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(value) => {
+                        let _ = tx.send(value);
+                    }
+                    Err(_) => eprintln!("[{label}] {line}"),
+                }
+            }
+        });
+        let addr = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = logs.recv().await {
+                if line["message"] == "listening" {
+                    let addr = line["addr"].as_str().expect("addr field");
+                    return addr.parse().expect("socket address");
+                }
+            }
+            panic!("{name} exited before listening");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not start listening within {START_TIMEOUT:?}"));
+        Service { name: name.to_owned(), child, addr, logs }
+    }
+
+    /// Where the service listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`, for a raw channel.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A raw tonic channel to this instance (for health and reflection).
+    pub async fn channel(&self) -> trellis::codegen::tonic::transport::Channel {
+        trellis::codegen::tonic::transport::Endpoint::from_shared(self.uri())
+            .expect("uri")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {} at {}: {e}", self.name, self.addr))
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        let pid = self.child.id().expect("process is running");
+        let pid = i32::try_from(pid).expect("pid fits in i32");
+        kill(Pid::from_raw(pid), signal).expect("kill");
+    }
+
+    /// Waits for the process to exit and returns whether it succeeded.
+    pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
+            .expect("wait")
+    }
+
+    /// Waits for the log event that ends a call to `method` (a path such as
+    /// `/pkg.Service/Method`), with its `status`, `duration_ms` and `timeout_ms`.
+    pub async fn wait_for_call(&mut self, method: &str, timeout: Duration) -> serde_json::Value {
+        tokio::time::timeout(timeout, async {
+            while let Some(line) = self.logs.recv().await {
+                let ends_call = line["message"] == "call finished" || line["message"] == "call failed";
+                if ends_call && line["span"]["rpc.method"] == method {
+                    return line;
+                }
+            }
+            panic!("{} exited before logging the end of {method}", self.name);
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} logged no end of {method} within {timeout:?}", self.name))
+    }
+
+    /// Waits for a log line whose `message` is `message`.
+    pub async fn wait_for_log(&mut self, message: &str, timeout: Duration) -> serde_json::Value {
+        tokio::time::timeout(timeout, async {
+            while let Some(line) = self.logs.recv().await {
+                if line["message"] == message {
+                    return line;
+                }
+            }
+            panic!("{} exited before logging {message:?}", self.name);
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} did not log {message:?} within {timeout:?}", self.name))
+    }
+}
+
+/// A `static://` registry URL for `services` (full name, address).
+pub fn static_registry(services: &[(&str, &[&Service])]) -> String {
+    let entries: Vec<String> = services
+        .iter()
+        .map(|(name, instances)| {
+            let addrs: Vec<String> = instances.iter().map(|s| s.addr().to_string()).collect();
+            format!("{name}={}", addrs.join(","))
+        })
+        .collect();
+    format!("static://{}", entries.join(";"))
+}

@@ -348,3 +348,52 @@ async fn status_passes_its_remaining_deadline_downstream() {
     let duration_ms = call["duration_ms"].as_f64().expect("duration");
     assert!(duration_ms < 2000.0, "payment's call lasted {duration_ms} ms: {call}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_payments_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("p.sqlite3");
+    let setting = format!("payment.database={}", db.display());
+    let mut payment = Service::start("order-payment", &["--set", &setting]).await;
+    let registry =
+        Registry::from_url(&static_registry(&[(ORDER_PAYMENT_SERVICE_NAME, &[&payment])])).expect("registry");
+    let client = OrderPaymentClient::discover(&registry).expect("client");
+
+    // Calls keep coming until the kill; every one acknowledged must be on disk.
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (mut client, acked) = (client.clone(), acked_tx.clone());
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let id = format!("kill-{w}-{n}");
+                    match client.pay(pay(&id, &id)).await {
+                        Ok(reply) => {
+                            let _ = acked.send((id, reply.into_inner().payment_id));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    payment.signal(Signal::SIGKILL);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert!(!payment.wait(Duration::from_secs(5)).await.success());
+    drop(acked_tx);
+
+    let store = order_payment::store::PaymentStore::open(&db).expect("reopen after the kill");
+    let mut acknowledged = 0;
+    while let Some((order_id, payment_id)) = acked_rx.recv().await {
+        let stored = store
+            .get(&order_id)
+            .expect("read")
+            .unwrap_or_else(|| panic!("{order_id} was acknowledged, then lost"));
+        assert_eq!(stored.payment_id, payment_id);
+        acknowledged += 1;
+    }
+    assert!(acknowledged > 0, "no payment was acknowledged before the kill");
+}

@@ -10,10 +10,11 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,6 +195,7 @@ impl PaymentStore {
     /// for another order, amount or currency, and with
     /// [`StoreError::AlreadyExists`] if the order was paid under another key.
     pub fn pay(&self, p: &NewPayment) -> Result<Outcome<PaymentRecord>, StoreError> {
+        // SQLite errors end the closure; conflicts are its `Ok(Err(..))`.
         self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let by_key = concat!("SELECT ", columns!(), " FROM payments WHERE idempotency_key = ?1");
@@ -283,7 +285,15 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // First, so that the statements below wait for other processes' locks.
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Switching a new file to WAL fails at once, without waiting, while
+    // another process switches it too, so retry until the busy timeout.
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    while let Err(err) = conn.pragma_update(None, "journal_mode", "WAL") {
+        if err.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) || Instant::now() >= deadline {
+            return Err(err);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
@@ -316,7 +326,6 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use std::sync::Barrier;
-    use std::thread;
 
     use super::*;
 
@@ -426,13 +435,13 @@ mod tests {
                 .map(|_| {
                     scope.spawn(|| {
                         barrier.wait();
-                        let store = PaymentStore::open(&path).unwrap();
+                        let store = PaymentStore::open(&path);
                         barrier.wait();
-                        store.pay(&payment("o1", "k1")).unwrap()
+                        store.and_then(|store| store.pay(&payment("o1", "k1")))
                     })
                 })
                 .collect();
-            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+            handles.into_iter().map(|handle| handle.join().unwrap().unwrap()).collect()
         });
         let id = &outcomes[0].record.payment_id;
         assert!(outcomes.iter().all(|o| &o.record.payment_id == id));

@@ -10,9 +10,10 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,6 +180,7 @@ impl ShipmentStore {
     /// for another order or address, and with [`StoreError::AlreadyExists`]
     /// if the order was shipped under another key.
     pub fn ship(&self, s: &NewShipment) -> Result<Outcome<ShipmentRecord>, StoreError> {
+        // SQLite errors end the closure; conflicts are its `Ok(Err(..))`.
         self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let by_key = concat!("SELECT ", columns!(), " FROM shipments WHERE idempotency_key = ?1");
@@ -255,7 +257,15 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // First, so that the statements below wait for other processes' locks.
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Switching a new file to WAL fails at once, without waiting, while
+    // another process switches it too, so retry until the busy timeout.
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    while let Err(err) = conn.pragma_update(None, "journal_mode", "WAL") {
+        if err.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) || Instant::now() >= deadline {
+            return Err(err);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
@@ -293,7 +303,6 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use std::sync::Barrier;
-    use std::thread;
 
     use super::*;
 
@@ -400,13 +409,13 @@ mod tests {
                 .map(|_| {
                     scope.spawn(|| {
                         barrier.wait();
-                        let store = ShipmentStore::open(&path).unwrap();
+                        let store = ShipmentStore::open(&path);
                         barrier.wait();
-                        store.ship(&shipment("o1", "k1")).unwrap()
+                        store.and_then(|store| store.ship(&shipment("o1", "k1")))
                     })
                 })
                 .collect();
-            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+            handles.into_iter().map(|handle| handle.join().unwrap().unwrap()).collect()
         });
         let id = &outcomes[0].record.tracking_id;
         assert!(outcomes.iter().all(|o| &o.record.tracking_id == id));

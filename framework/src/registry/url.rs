@@ -1,39 +1,40 @@
-//! Parsing registry URLs.
+//! Registry URLs: the scheme picks the backend, the rest configures it.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::Endpoint;
+use super::Backend;
 use crate::error::Error;
 
-const EXPECTED: &str = "expected static://SERVICE=HOST:PORT[,HOST:PORT...][;SERVICE=...]";
+/// What every URL error ends with.
+pub(super) const EXPECTED: &str = "expected local://[DIR], etcd://HOST:PORT[,HOST:PORT...], \
+     dns://[SERVER:PORT/]NAME[:PORT] or static://SERVICE=HOST:PORT[,...][;SERVICE=...]";
 
-pub(super) fn parse(url: &str) -> Result<HashMap<String, Vec<Endpoint>>, Error> {
+/// Opens the backend `url` names, without contacting it.
+pub(super) fn open(url: &str) -> Result<Arc<dyn Backend>, Error> {
     let err = |reason: String| Error::Registry { url: url.to_owned(), reason };
     let (scheme, rest) =
         url.split_once("://").ok_or_else(|| err(format!("not a URL (no `scheme://`); {EXPECTED}")))?;
-    if scheme != "static" {
-        return Err(err(format!("unknown registry scheme `{scheme}`; {EXPECTED}")));
+    match scheme {
+        "static" => Ok(Arc::new(super::fixed::Fixed::parse(url, rest)?)),
+        "local" => Ok(Arc::new(super::local::Local::parse(url, rest)?)),
+        _ => Err(err(format!("unknown registry scheme `{scheme}`; {EXPECTED}"))),
     }
-    let mut services = HashMap::new();
-    for entry in rest.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-        let (service, addrs) =
-            entry.split_once('=').ok_or_else(|| err(format!("`{entry}` has no `=`; {EXPECTED}")))?;
-        let service = service.trim();
-        if service.is_empty() || !service.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '_') {
-            return Err(err(format!(
-                "`{service}` is not a full service name such as order.payment.v1.OrderPayment"
-            )));
-        }
-        let endpoints = addrs
-            .split(',')
-            .map(|addr| parse_endpoint(addr.trim()).map_err(&err))
-            .collect::<Result<Vec<_>, _>>()?;
-        services.insert(service.to_owned(), endpoints);
-    }
-    Ok(services)
 }
 
-fn parse_endpoint(addr: &str) -> Result<Endpoint, String> {
+/// Splits `rest` into its part before `?` and its `key=value` query pairs.
+pub(super) fn query(rest: &str) -> (&str, Vec<(&str, &str)>) {
+    match rest.split_once('?') {
+        None => (rest, Vec::new()),
+        Some((path, query)) => {
+            let pairs =
+                query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")));
+            (path, pairs.collect())
+        }
+    }
+}
+
+/// Parses `HOST:PORT` (`[v6]:PORT` for IPv6).
+pub(super) fn parse_endpoint(addr: &str) -> Result<super::Endpoint, String> {
     let bad =
         |why: &str| format!("`{addr}` is not HOST:PORT ({why}), such as 127.0.0.1:50051 or [::1]:50051");
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
@@ -42,10 +43,10 @@ fn parse_endpoint(addr: &str) -> Result<Endpoint, String> {
         return Err(bad("port 0 cannot be connected to"));
     }
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    if host.is_empty() || host.contains(['/', ' ', '[', ']']) {
+    if host.is_empty() || host.contains(['/', ' ', '[', ']', '?', '&', ';', ',']) {
         return Err(bad("bad host"));
     }
-    Ok(Endpoint { host: host.to_owned(), port })
+    Ok(super::Endpoint::new(host, port))
 }
 
 #[cfg(test)]
@@ -53,28 +54,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_services_and_endpoints() {
-        let map = parse("static://a.v1.A=127.0.0.1:1,localhost:2;b.B=[::1]:3").unwrap();
-        assert_eq!(
-            map["a.v1.A"].iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["127.0.0.1:1", "localhost:2"]
-        );
-        assert_eq!(map["b.B"][0].uri(), "http://[::1]:3");
-        assert!(parse("static://").unwrap().is_empty());
+    fn unknown_and_malformed_urls_say_what_is_expected() {
+        for (url, needle) in [
+            ("zookeeper://x:1", "unknown registry scheme `zookeeper`"),
+            ("127.0.0.1:5", "no `scheme://`"),
+            ("", "no `scheme://`"),
+        ] {
+            let msg = open(url).unwrap_err().to_string();
+            assert!(msg.contains(needle) && msg.contains("local://") && msg.contains(url), "{url}: {msg}");
+        }
     }
 
     #[test]
-    fn errors_name_the_url_and_the_fix() {
-        for (url, needle) in [
-            ("etcd://x:1", "unknown registry scheme `etcd`"),
-            ("127.0.0.1:5", "no `scheme://`"),
-            ("static://a.A", "has no `=`"),
-            ("static://a.A=host", "no port"),
-            ("static://a.A=host:99999", "not a number"),
-            ("static://a/A=h:1", "not a full service name"),
-        ] {
-            let msg = parse(url).unwrap_err().to_string();
-            assert!(msg.contains(url) && msg.contains(needle), "{url}: {msg}");
+    fn endpoints_parse_with_ipv6_and_reject_garbage() {
+        assert_eq!(parse_endpoint("[::1]:5").unwrap().to_string(), "[::1]:5");
+        assert_eq!(parse_endpoint("db.internal:80").unwrap().host(), "db.internal");
+        for bad in ["x", "x:0", "x:70000", ":5", "a b:5"] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{Config, Layers, LogFormat};
 use crate::error::{BoxError, Error};
-use crate::registry::Registry;
+use crate::registry::{Metadata, Registry};
 use crate::server::{Server, ServerBuilder};
 
 /// A service binary: parses the shared command line, loads configuration,
@@ -89,7 +89,7 @@ impl App {
                 return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
             }
         };
-        let ctx = match Context::from_matches(self.name, &matches) {
+        let ctx = match Context::from_matches(self.name, self.version, &matches) {
             Ok(ctx) => ctx,
             Err(err) => {
                 eprintln!("{}: error: {err}", self.name);
@@ -111,10 +111,7 @@ impl App {
         match runtime.block_on(setup(ctx)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                let code = if err
-                    .downcast_ref::<Error>()
-                    .is_some_and(|e| matches!(e, Error::Config(_) | Error::Registry { .. }))
-                {
+                let code = if err.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Config(_))) {
                     ExitCode::from(2)
                 } else {
                     ExitCode::FAILURE
@@ -150,7 +147,7 @@ impl App {
                 Arg::new("registry")
                     .long("registry")
                     .value_name("URL")
-                    .help("Where services register and find each other, e.g. static://SERVICE=HOST:PORT"),
+                    .help("Where services register and find each other: local://[DIR] (default), etcd://HOST:PORT, dns://NAME:PORT or static://SERVICE=HOST:PORT"),
             )
             .arg(
                 Arg::new("log-format")
@@ -179,13 +176,18 @@ impl App {
 #[derive(Debug, Clone)]
 pub struct Context {
     name: &'static str,
+    version: &'static str,
     config: Config,
     layers: Layers,
     registry: Registry,
 }
 
 impl Context {
-    fn from_matches(name: &'static str, matches: &clap::ArgMatches) -> Result<Self, Error> {
+    fn from_matches(
+        name: &'static str,
+        version: &'static str,
+        matches: &clap::ArgMatches,
+    ) -> Result<Self, Error> {
         let mut flags = Vec::new();
         for raw in matches.get_many::<String>("set").into_iter().flatten() {
             let (key, value) = raw.split_once('=').ok_or_else(|| {
@@ -209,13 +211,9 @@ impl Context {
         }
         let file = matches.get_one::<PathBuf>("config");
         let layers = Layers::load(file.map(PathBuf::as_path), flags)?;
-        Self::new(name, layers)
-    }
-
-    fn new(name: &'static str, layers: Layers) -> Result<Self, Error> {
         let config = layers.config()?;
         let registry = Registry::from_url(&config.registry)?;
-        Ok(Context { name, config, layers, registry })
+        Ok(Context { name, version, config, layers, registry })
     }
 
     /// The application's name.
@@ -246,10 +244,23 @@ impl Context {
 
     /// A server builder set up from the configuration.
     pub fn server(&self) -> ServerBuilder {
-        Server::builder()
+        let instance = &self.config.instance;
+        let metadata = Metadata {
+            version: Some(instance.version.clone().unwrap_or_else(|| self.version.to_owned())),
+            zone: instance.zone.clone(),
+            weight: instance.weight,
+            ..Metadata::default()
+        };
+        let mut server = Server::builder()
             .listen(self.config.listen)
             .shutdown_config(self.config.shutdown)
             .fault_delay(self.config.faults.delay)
+            .registry(self.registry.clone())
+            .metadata(metadata);
+        if let Some(advertise) = &self.config.advertise {
+            server = server.advertise(advertise.clone());
+        }
+        server
     }
 }
 

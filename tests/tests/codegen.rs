@@ -216,8 +216,11 @@ async fn a_dead_endpoint_fails_with_a_message_naming_service_and_address() {
 #[tokio::test]
 async fn a_service_missing_from_the_registry_is_named() {
     let registry = Registry::from_url("static://other.Service=127.0.0.1:1").expect("registry");
-    let err = EchoClient::discover(&registry).expect_err("no endpoints");
-    let message = err.to_string();
+    let mut client = EchoClient::discover(&registry).expect("discover returns at once");
+    let mut call = Request::new(request("x"));
+    call.set_timeout(Duration::from_millis(200));
+    let status = client.unary(call).await.expect_err("no instance");
+    let message = status.message();
     assert!(message.contains(ECHO_SERVICE_NAME) && message.contains("static://"), "{message}");
 }
 

@@ -43,29 +43,22 @@ fn ship(order_id: &str) -> ShipRequest {
     }
 }
 
-/// Payment, shipping (with databases in `dir`) and status, running until dropped.
+/// Payment, shipping (with databases in `dir`) and status, running until
+/// dropped, finding each other through a `local://` registry in `dir`.
 struct Orders {
     _processes: [Service; 3],
     registry: Registry,
 }
 
 async fn start_orders(dir: &std::path::Path) -> Orders {
+    let url = format!("local://{}", dir.join("registry").display());
     let payment_db = format!("payment.database={}", dir.join("p.sqlite3").display());
     let shipping_db = format!("shipping.database={}", dir.join("s.sqlite3").display());
-    let payment = Service::start("order-payment", &["--set", &payment_db]).await;
-    let shipping = Service::start("order-shipping", &["--set", &shipping_db]).await;
-    let deps = static_registry(&[
-        (ORDER_PAYMENT_SERVICE_NAME, &[&payment]),
-        (ORDER_SHIPPING_SERVICE_NAME, &[&shipping]),
-    ]);
+    let payment = Service::start("order-payment", &["--registry", &url, "--set", &payment_db]).await;
+    let shipping = Service::start("order-shipping", &["--registry", &url, "--set", &shipping_db]).await;
     let status =
-        Service::start("order-status", &["--registry", &deps, "--set", "status.watch_interval=50ms"]).await;
-    let registry = Registry::from_url(&static_registry(&[
-        (ORDER_PAYMENT_SERVICE_NAME, &[&payment]),
-        (ORDER_SHIPPING_SERVICE_NAME, &[&shipping]),
-        (ORDER_STATUS_SERVICE_NAME, &[&status]),
-    ]))
-    .expect("registry");
+        Service::start("order-status", &["--registry", &url, "--set", "status.watch_interval=50ms"]).await;
+    let registry = Registry::from_url(&url).expect("registry");
     Orders { _processes: [payment, shipping, status], registry }
 }
 

@@ -30,28 +30,30 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     /// Starts `instances` each of payment and shipping, sharing one database
-    /// per service under `dir`, then one order-status that finds them.
+    /// per service under `dir`, then one order-status. They find each other
+    /// through an embedded `local://` registry in `dir`: no addresses are
+    /// configured anywhere.
     pub(crate) async fn start(dir: &Path, instances: u16) -> Result<Cluster, String> {
+        let url = format!("local://{}", dir.join("registry").display());
+        let registry = Registry::from_url(&url).map_err(|e| e.to_string())?;
         let payment_db = format!("payment.database={}", dir.join("payments.sqlite3").display());
         let shipping_db = format!("shipping.database={}", dir.join("shipments.sqlite3").display());
         let mut payment = Vec::new();
         let mut shipping = Vec::new();
         for i in 1..=instances {
-            payment.push(spawn(dir, "order-payment", i, &["--set", &payment_db]).await?);
-            shipping.push(spawn(dir, "order-shipping", i, &["--set", &shipping_db]).await?);
+            payment.push(spawn(dir, "order-payment", i, &["--registry", &url, "--set", &payment_db]).await?);
+            shipping
+                .push(spawn(dir, "order-shipping", i, &["--registry", &url, "--set", &shipping_db]).await?);
         }
-        let url = static_url(&[
-            (order_payment::proto::order::payment::v1::ORDER_PAYMENT_SERVICE_NAME, &payment),
-            (order_shipping::proto::order::shipping::v1::ORDER_SHIPPING_SERVICE_NAME, &shipping),
-        ]);
         let status = spawn(dir, "order-status", 1, &["--registry", &url]).await?;
-        let url = format!(
-            "{url};{}={}",
-            order_status::proto::order::status::v1::ORDER_STATUS_SERVICE_NAME,
-            status.addr
-        );
-        let registry = Registry::from_url(&url).map_err(|e| e.to_string())?;
         Ok(Cluster { payment, shipping, status, registry })
+    }
+
+    /// The label of the instance listening at `endpoint`.
+    pub(crate) fn label_of(&self, endpoint: &trellis::registry::Endpoint) -> String {
+        self.instances()
+            .find(|i| trellis::registry::Endpoint::from(i.addr) == *endpoint)
+            .map_or_else(|| endpoint.to_string(), |i| i.label.clone())
     }
 
     /// The registry that names every instance.
@@ -90,17 +92,6 @@ impl Cluster {
             }
         }
     }
-}
-
-fn static_url(services: &[(&str, &[Instance])]) -> String {
-    let entries: Vec<String> = services
-        .iter()
-        .map(|(name, instances)| {
-            let addrs: Vec<String> = instances.iter().map(|i| i.addr.to_string()).collect();
-            format!("{name}={}", addrs.join(","))
-        })
-        .collect();
-    format!("static://{}", entries.join(";"))
 }
 
 /// Starts `service` (this binary, in multi-call mode) on a free port and

@@ -21,6 +21,8 @@ pub(crate) struct Summary {
     errors: Vec<String>,
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// Calls each instance received from the demo, by label.
+    pub(crate) per_instance: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,11 +30,15 @@ struct Clients {
     payment: OrderPaymentClient,
     shipping: OrderShippingClient,
     status: OrderStatusClient,
+    /// The channels under the clients, for their per-endpoint counts.
+    channels: [trellis::codegen::Channel; 3],
 }
 
 /// Places `orders` orders, `concurrency` at a time, until done or `stop`.
+/// `label` names the instance at an endpoint.
 pub(crate) async fn place_orders(
     registry: &Registry,
+    label: impl Fn(&trellis::registry::Endpoint) -> String,
     orders: u64,
     concurrency: usize,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -91,20 +97,37 @@ pub(crate) async fn place_orders(
     bar.finish();
     let mut summary = std::mem::take(&mut *summary.lock().await);
     summary.elapsed = start.elapsed();
+    summary.per_instance = clients
+        .channels
+        .iter()
+        .flat_map(|channel| channel.calls_per_endpoint())
+        .map(|(endpoint, calls)| (label(&endpoint), calls))
+        .collect();
+    summary.per_instance.sort();
     summary
 }
 
 fn connect(registry: &Registry) -> Result<Clients, trellis::Error> {
+    use order_payment::proto::order::payment::v1::ORDER_PAYMENT_DESCRIPTOR;
+    use order_shipping::proto::order::shipping::v1::ORDER_SHIPPING_DESCRIPTOR;
+    use order_status::proto::order::status::v1::ORDER_STATUS_DESCRIPTOR;
+    use trellis::codegen::Channel;
+    let channels = [
+        Channel::discover(registry, &ORDER_PAYMENT_DESCRIPTOR)?,
+        Channel::discover(registry, &ORDER_SHIPPING_DESCRIPTOR)?,
+        Channel::discover(registry, &ORDER_STATUS_DESCRIPTOR)?,
+    ];
     Ok(Clients {
-        payment: OrderPaymentClient::discover(registry)?,
-        shipping: OrderShippingClient::discover(registry)?,
-        status: OrderStatusClient::discover(registry)?,
+        payment: OrderPaymentClient::new(channels[0].clone()),
+        shipping: OrderShippingClient::new(channels[1].clone()),
+        status: OrderStatusClient::new(channels[2].clone()),
+        channels,
     })
 }
 
 /// Pays, ships, and checks that the status service sees the order shipped.
 async fn place_one(clients: &Clients, order_id: &str) -> Result<(), String> {
-    let Clients { mut payment, mut shipping, mut status } = clients.clone();
+    let Clients { mut payment, mut shipping, mut status, .. } = clients.clone();
     payment
         .pay(PayRequest {
             order_id: order_id.to_owned(),
@@ -163,6 +186,10 @@ impl fmt::Display for Summary {
             percentile(&sorted, 50.0),
             percentile(&sorted, 99.0)
         )?;
+        writeln!(f, "calls per instance (from the demo's clients)")?;
+        for (instance, calls) in &self.per_instance {
+            writeln!(f, "  {instance:<18} {calls}")?;
+        }
         for error in &self.errors {
             writeln!(f, "  error: {error}")?;
         }

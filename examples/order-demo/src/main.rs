@@ -76,7 +76,9 @@ async fn run(args: Args) -> Result<load::Summary, String> {
     println!("{}", cluster.describe());
 
     let stop = ctrl_c_pressed();
-    let summary = load::place_orders(cluster.registry(), args.orders, args.concurrency, stop).await;
+    let summary =
+        load::place_orders(cluster.registry(), |e| cluster.label_of(e), args.orders, args.concurrency, stop)
+            .await;
     println!("\n{summary}");
 
     println!("stopping the services (SIGTERM, graceful drain)...");

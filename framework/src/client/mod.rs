@@ -48,8 +48,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many calls may wait for the balancer at once, per channel.
 const BUFFER: usize = 1024;
 
-/// The latency an endpoint is assumed to have before it answered once.
-const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The latency an endpoint is assumed to have before it answered once. Kept
+/// optimistic, so a new instance wins its first comparisons and is tried at
+/// once; its first real answers then set its estimate (peak-EWMA jumps up on
+/// a slow answer right away, so a slow newcomer loses quickly).
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
 
 /// How fast peak-EWMA forgets a latency peak.
 const EWMA_DECAY: Duration = Duration::from_secs(10);

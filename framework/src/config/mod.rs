@@ -5,7 +5,11 @@
 //! | key | default | file (`--config`) | environment | flag |
 //! |---|---|---|---|---|
 //! | `listen` | `127.0.0.1:0` | `listen = "0.0.0.0:50051"` | `TRELLIS_LISTEN` | `--listen` |
-//! | `registry` | `static://` | `registry = "static://..."` | `TRELLIS_REGISTRY` | `--registry` |
+//! | `registry` | `local://` | `registry = "etcd://10.0.0.5:2379"` | `TRELLIS_REGISTRY` | `--registry` |
+//! | `advertise` | the listen address | `advertise = "10.0.0.7"` | `TRELLIS_ADVERTISE` | `--set` |
+//! | `instance.version` | the binary's version | `[instance] version = "1.4.2"` | `TRELLIS_INSTANCE__VERSION` | `--set` |
+//! | `instance.zone` | none | `[instance] zone = "eu-west-1a"` | `TRELLIS_INSTANCE__ZONE` | `--set` |
+//! | `instance.weight` | `100` | `[instance] weight = 50` | `TRELLIS_INSTANCE__WEIGHT` | `--set` |
 //! | `log.format` | `text` | `[log] format = "json"` | `TRELLIS_LOG__FORMAT` | `--log-format` |
 //! | `log.level` | `info` | `[log] level = "debug,h2=warn"` | `TRELLIS_LOG__LEVEL` | `--set log.level=...` |
 //! | `shutdown.propagation_delay` | `1s` | `[shutdown] propagation_delay = "2s"` | `TRELLIS_SHUTDOWN__PROPAGATION_DELAY` | `--set` |
@@ -43,6 +47,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The registry URL: where services register and find each other.
     pub registry: String,
+    /// The address registered for this instance: `HOST` (with the bound
+    /// port) or `HOST:PORT`. By default the listen address; when listening on
+    /// all interfaces (`0.0.0.0`, `[::]`), loopback, which only this machine
+    /// can reach.
+    pub advertise: Option<String>,
+    /// What this instance registers about itself.
+    pub instance: InstanceConfig,
     /// Logging.
     pub log: LogConfig,
     /// Graceful shutdown timings.
@@ -55,11 +66,31 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            registry: "static://".to_owned(),
+            registry: "local://".to_owned(),
+            advertise: None,
+            instance: InstanceConfig::default(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             faults: FaultsConfig::default(),
         }
+    }
+}
+
+/// What an instance registers about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The version; the binary's own when unset.
+    pub version: Option<String>,
+    /// The zone the instance runs in.
+    pub zone: Option<String>,
+    /// Relative share of traffic; 100 is normal.
+    pub weight: u32,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig { version: None, zone: None, weight: 100 }
     }
 }
 

@@ -34,6 +34,7 @@ use tower::discover::Change;
 use crate::error::Error;
 
 pub use local::DEFAULT_TTL;
+pub(crate) use url::parse_endpoint;
 
 /// A boxed, sendable future, as [`Backend`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -34,7 +34,7 @@ pub(super) fn query(rest: &str) -> (&str, Vec<(&str, &str)>) {
 }
 
 /// Parses `HOST:PORT` (`[v6]:PORT` for IPv6).
-pub(super) fn parse_endpoint(addr: &str) -> Result<super::Endpoint, String> {
+pub(crate) fn parse_endpoint(addr: &str) -> Result<super::Endpoint, String> {
     let bad =
         |why: &str| format!("`{addr}` is not HOST:PORT ({why}), such as 127.0.0.1:50051 or [::1]:50051");
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;

@@ -11,7 +11,12 @@
 //!   so outbound calls inherit the remaining deadline.
 //! - Graceful shutdown on SIGINT or SIGTERM.
 //!
-//! Shutdown runs in this order: health goes `NOT_SERVING`; for
+//! With a [`Registry`], each service is registered once the server listens
+//! and every service is `SERVING`, under the advertised address (see
+//! [`ServerBuilder::advertise`]).
+//!
+//! Shutdown runs in this order: health goes `NOT_SERVING`; the instances
+//! are deregistered; for
 //! `shutdown.propagation_delay` the server keeps serving while load balancers
 //! and health checkers notice; then it stops accepting connections and
 //! drains: in-flight unary calls run to completion, open server streams are
@@ -38,7 +43,7 @@ mod trace;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -55,6 +60,7 @@ use tower::ServiceBuilder;
 use crate::config::ShutdownConfig;
 use crate::descriptor::{DescribedService, ServiceDescriptor};
 use crate::error::Error;
+use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
 
 /// The paths of the streaming methods of the services every server carries.
 const BUILTIN_STREAMING_PATHS: [&str; 3] = [
@@ -62,6 +68,9 @@ const BUILTIN_STREAMING_PATHS: [&str; 3] = [
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
+
+/// How long one deregistration may take during shutdown.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -77,6 +86,9 @@ impl Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown: ShutdownConfig::default(),
             fault_delay: Duration::ZERO,
+            registry: None,
+            advertise: None,
+            metadata: Metadata::default(),
             routes: RoutesBuilder::default(),
             services: Vec::new(),
             signal: None,
@@ -90,6 +102,9 @@ pub struct ServerBuilder {
     listen: SocketAddr,
     shutdown: ShutdownConfig,
     fault_delay: Duration,
+    registry: Option<Registry>,
+    advertise: Option<String>,
+    metadata: Metadata,
     routes: RoutesBuilder,
     services: Vec<&'static ServiceDescriptor>,
     signal: Option<ShutdownSignal>,
@@ -100,6 +115,7 @@ impl std::fmt::Debug for ServerBuilder {
         f.debug_struct("ServerBuilder")
             .field("listen", &self.listen)
             .field("shutdown", &self.shutdown)
+            .field("registry", &self.registry.as_ref().map(Registry::url))
             .field("services", &self.services.iter().map(|s| s.name()).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -128,6 +144,27 @@ impl ServerBuilder {
     /// Delays every application call by `delay`, to simulate a slow instance.
     pub fn fault_delay(mut self, delay: Duration) -> Self {
         self.fault_delay = delay;
+        self
+    }
+
+    /// Registers every service in `registry` once serving, and deregisters
+    /// them when shutdown starts.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The address to register: `HOST` (with the bound port) or `HOST:PORT`.
+    /// By default the listen address, or loopback when listening on all
+    /// interfaces.
+    pub fn advertise(mut self, address: impl Into<String>) -> Self {
+        self.advertise = Some(address.into());
+        self
+    }
+
+    /// The version, zone and weight to register.
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
         self
     }
 
@@ -207,7 +244,18 @@ impl BoundServer {
     /// When the server fails while serving.
     pub async fn serve(self) -> Result<(), Error> {
         let BoundServer { builder, listener, local_addr } = self;
-        let ServerBuilder { shutdown, fault_delay, routes, services, signal, .. } = builder;
+        let ServerBuilder {
+            shutdown,
+            fault_delay,
+            registry,
+            advertise,
+            metadata,
+            routes,
+            services,
+            signal,
+            ..
+        } = builder;
+        let endpoint = advertised(local_addr, advertise.as_deref())?;
         let signal = signal.unwrap_or_else(|| Box::pin(termination_signal()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -235,6 +283,15 @@ impl BoundServer {
         let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
         tracing::info!(addr = %local_addr, services = ?names, "listening");
 
+        let mut leases = Vec::new();
+        if let Some(registry) = &registry {
+            for service in &services {
+                let instance = Instance::new(service.name(), endpoint.clone(), metadata.clone());
+                leases.push(registry.register(instance).await?);
+            }
+            tracing::info!(registry = registry.url(), %endpoint, "registered");
+        }
+
         tokio::select! {
             result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
             () = signal => {}
@@ -246,6 +303,7 @@ impl BoundServer {
             "shutting down: health is NOT_SERVING",
         );
         set_status(&health, &services, ServingStatus::NotServing).await;
+        deregister(leases).await;
         tokio::select! {
             result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
             () = tokio::time::sleep(shutdown.propagation_delay) => {}
@@ -262,6 +320,43 @@ impl BoundServer {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Deregisters every lease, each bounded in time; failures are logged, as
+/// the registry's TTL removes what could not be removed now.
+async fn deregister(leases: Vec<Box<dyn Lease>>) {
+    for lease in leases {
+        match tokio::time::timeout(DEREGISTER_TIMEOUT, lease.deregister()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!("cannot deregister: {err}; the registry's TTL will remove it"),
+            Err(_) => tracing::warn!("deregistering timed out; the registry's TTL will remove it"),
+        }
+    }
+}
+
+/// The endpoint to register for a server bound to `bound`.
+fn advertised(bound: SocketAddr, advertise: Option<&str>) -> Result<Endpoint, Error> {
+    let bad = |reason: String| Error::Config(format!("`advertise`: {reason}"));
+    match advertise.map(str::trim) {
+        None | Some("") if bound.ip().is_unspecified() => {
+            let loopback: IpAddr =
+                if bound.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+            Ok(Endpoint::from(SocketAddr::new(loopback, bound.port())))
+        }
+        None | Some("") => Ok(Endpoint::from(bound)),
+        Some(address) => {
+            if let Ok(endpoint) = crate::registry::parse_endpoint(address) {
+                return Ok(endpoint);
+            }
+            let host = address.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() || host.contains(['/', ' ', ':']) && host.parse::<IpAddr>().is_err() {
+                return Err(bad(format!(
+                    "`{address}` is not HOST or HOST:PORT, such as 10.0.0.7 or payments.internal:50051"
+                )));
+            }
+            Ok(Endpoint::new(host, bound.port()))
+        }
     }
 }
 
@@ -312,5 +407,24 @@ pub async fn termination_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address() {
+        let any: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        let one: SocketAddr = "10.1.2.3:7000".parse().unwrap();
+        assert_eq!(advertised(any, None).unwrap().to_string(), "127.0.0.1:7000");
+        assert_eq!(advertised("[::]:7000".parse().unwrap(), None).unwrap().to_string(), "[::1]:7000");
+        assert_eq!(advertised(one, None).unwrap().to_string(), "10.1.2.3:7000");
+        assert_eq!(advertised(any, Some("10.9.9.9")).unwrap().to_string(), "10.9.9.9:7000");
+        assert_eq!(advertised(any, Some("pay.internal:80")).unwrap().to_string(), "pay.internal:80");
+        assert_eq!(advertised(any, Some("::1")).unwrap().to_string(), "[::1]:7000");
+        let err = advertised(any, Some("http://x/")).unwrap_err().to_string();
+        assert!(err.contains("`advertise`") && err.contains("http://x/"), "{err}");
     }
 }

@@ -255,6 +255,7 @@ impl Context {
             .listen(self.config.listen)
             .shutdown_config(self.config.shutdown)
             .fault_delay(self.config.faults.delay)
+            .max_concurrent_calls(self.config.server.max_concurrent_calls)
             .registry(self.registry.clone())
             .metadata(metadata);
         if let Some(advertise) = &self.config.advertise {

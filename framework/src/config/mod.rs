@@ -14,6 +14,7 @@
 //! | `log.level` | `info` | `[log] level = "debug,h2=warn"` | `TRELLIS_LOG__LEVEL` | `--set log.level=...` |
 //! | `shutdown.propagation_delay` | `1s` | `[shutdown] propagation_delay = "2s"` | `TRELLIS_SHUTDOWN__PROPAGATION_DELAY` | `--set` |
 //! | `shutdown.drain_timeout` | `10s` | `[shutdown] drain_timeout = "30s"` | `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` | `--set` |
+//! | `server.max_concurrent_calls` | `1024` | `[server] max_concurrent_calls = 256` | `TRELLIS_SERVER__MAX_CONCURRENT_CALLS` | `--set` |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
 //!
 //! A service's own settings live in a section named after it (for example
@@ -58,6 +59,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful shutdown timings.
     pub shutdown: ShutdownConfig,
+    /// Server limits.
+    pub server: ServerConfig,
     /// Injected faults, for chaos tests.
     pub faults: FaultsConfig,
 }
@@ -71,6 +74,7 @@ impl Default for Config {
             instance: InstanceConfig::default(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
+            server: ServerConfig::default(),
             faults: FaultsConfig::default(),
         }
     }
@@ -136,6 +140,20 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { propagation_delay: Duration::from_secs(1), drain_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Server limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Application calls that may run at once; past that, calls are shed.
+    pub max_concurrent_calls: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { max_concurrent_calls: crate::server::DEFAULT_MAX_CONCURRENT_CALLS }
     }
 }
 

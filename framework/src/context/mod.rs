@@ -54,6 +54,11 @@ impl RequestContext {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
+    /// Runs `f` with this context as the current one.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
     /// Runs `fut` with this context as the current one.
     pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
         CURRENT.scope(self, fut)

@@ -42,7 +42,11 @@ pub(crate) fn parse_endpoint(addr: &str) -> Result<super::Endpoint, String> {
     if port == 0 {
         return Err(bad("port 0 cannot be connected to"));
     }
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6,
+        None if host.contains(':') => return Err(bad("an IPv6 address needs brackets")),
+        None => host,
+    };
     if host.is_empty() || host.contains(['/', ' ', '[', ']', '?', '&', ';', ',']) {
         return Err(bad("bad host"));
     }
@@ -69,7 +73,7 @@ mod tests {
     fn endpoints_parse_with_ipv6_and_reject_garbage() {
         assert_eq!(parse_endpoint("[::1]:5").unwrap().to_string(), "[::1]:5");
         assert_eq!(parse_endpoint("db.internal:80").unwrap().host(), "db.internal");
-        for bad in ["x", "x:0", "x:70000", ":5", "a b:5"] {
+        for bad in ["x", "x:0", "x:70000", ":5", "a b:5", "::1", "::1:80"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }

@@ -8,7 +8,10 @@
 //!   added service from the descriptors `trellis-build` embeds.
 //! - A `tracing` span per call with method, status and duration.
 //! - The inbound `grpc-timeout` set as the [request context](crate::context),
-//!   so outbound calls inherit the remaining deadline.
+//!   so outbound calls inherit the remaining deadline; a call that arrives
+//!   with no time left is refused with `DEADLINE_EXCEEDED` unrun.
+//! - Load shedding: past `server.max_concurrent_calls` calls in flight, a call
+//!   is refused at once with `RESOURCE_EXHAUSTED` and `grpc-retry-pushback-ms`.
 //! - Graceful shutdown on SIGINT or SIGTERM.
 //!
 //! With a [`Registry`], each service is registered once the server listens
@@ -38,6 +41,7 @@
 mod deadline;
 mod drain;
 mod faults;
+mod limit;
 mod trace;
 
 use std::collections::HashSet;
@@ -69,6 +73,9 @@ const BUILTIN_STREAMING_PATHS: [&str; 3] = [
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
+/// The default cap on calls running at once.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+
 /// How long one deregistration may take during shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -86,6 +93,7 @@ impl Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown: ShutdownConfig::default(),
             fault_delay: Duration::ZERO,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             registry: None,
             advertise: None,
             metadata: Metadata::default(),
@@ -102,6 +110,7 @@ pub struct ServerBuilder {
     listen: SocketAddr,
     shutdown: ShutdownConfig,
     fault_delay: Duration,
+    max_concurrent_calls: usize,
     registry: Option<Registry>,
     advertise: Option<String>,
     metadata: Metadata,
@@ -138,6 +147,13 @@ impl ServerBuilder {
     /// How long to keep serving after turning `NOT_SERVING`, before draining.
     pub fn propagation_delay(mut self, delay: Duration) -> Self {
         self.shutdown.propagation_delay = delay;
+        self
+    }
+
+    /// How many application calls may run at once; past that, calls are
+    /// refused at once with `RESOURCE_EXHAUSTED` and a pushback hint.
+    pub fn max_concurrent_calls(mut self, max: usize) -> Self {
+        self.max_concurrent_calls = max.max(1);
         self
     }
 
@@ -247,6 +263,7 @@ impl BoundServer {
         let ServerBuilder {
             shutdown,
             fault_delay,
+            max_concurrent_calls,
             registry,
             advertise,
             metadata,
@@ -269,6 +286,7 @@ impl BoundServer {
         let layers = ServiceBuilder::new()
             .layer(trace::TraceLayer)
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
+            .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)
             .option_layer((!fault_delay.is_zero()).then_some(faults::FaultLayer { delay: fault_delay }));
 

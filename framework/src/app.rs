@@ -254,7 +254,7 @@ impl Context {
         let mut server = Server::builder()
             .listen(self.config.listen)
             .shutdown_config(self.config.shutdown)
-            .fault_delay(self.config.faults.delay)
+            .faults(self.config.faults)
             .max_concurrent_calls(self.config.server.max_concurrent_calls)
             .registry(self.registry.clone())
             .metadata(metadata);

@@ -1,78 +1,208 @@
-//! One endpoint as the balancer sees it: a lazily connected tonic channel
-//! that counts its calls and names itself in its errors.
+//! One endpoint as the balancer sees it: a lazily connected tonic channel,
+//! its latency estimate and calls in flight, whether it is ejected, and
+//! whether its server says it is serving.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{Request, Response};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
 use tonic::body::Body;
-use tower_service::Service;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tower::ServiceExt;
 
-use crate::error::BoxError;
-use crate::registry::Endpoint;
+use super::breaker::Breaker;
+use crate::registry::{AbortOnDrop, Endpoint};
 
 /// How long to wait for a connection to an instance.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A connection to one endpoint.
-#[derive(Debug, Clone)]
-pub(super) struct Counted {
-    inner: tonic::transport::Channel,
-    endpoint: Arc<Endpoint>,
-    calls: Arc<AtomicU64>,
+/// The latency an endpoint is assumed to have before it answered once. Kept
+/// optimistic, so a new instance wins its first comparisons and is tried at
+/// once; its first real answers then set its estimate (peak-EWMA jumps up on
+/// a slow answer right away, so a slow newcomer loses quickly).
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+
+/// How fast the estimate forgets a latency peak.
+const EWMA_DECAY: Duration = Duration::from_secs(5);
+
+/// How long to wait before watching health again after the watch failed.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// Peak-EWMA: jumps to a slower sample at once, decays toward faster ones.
+#[derive(Debug)]
+struct Ewma {
+    estimate_ns: f64,
+    updated: Instant,
 }
 
-impl Counted {
-    /// A lazy connection to `endpoint`; `calls` counts what is sent through it.
-    pub(super) fn connect(endpoint: &Endpoint, calls: Arc<AtomicU64>) -> Result<Self, String> {
-        let inner = tonic::transport::Endpoint::from_shared(endpoint.uri())
+impl Ewma {
+    /// The estimate now, decayed since the last sample, so an endpoint that
+    /// stopped being chosen for being slow is tried again after a while.
+    fn decayed(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
+        self.estimate_ns * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp()
+    }
+
+    fn sample(&mut self, rtt: Duration, now: Instant) {
+        let rtt_ns = rtt.as_nanos() as f64;
+        if rtt_ns > self.estimate_ns {
+            self.estimate_ns = rtt_ns;
+        } else {
+            let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
+            let weight = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
+            self.estimate_ns = self.estimate_ns * weight + rtt_ns * (1.0 - weight);
+        }
+        self.updated = now;
+    }
+}
+
+/// One endpoint of a channel.
+#[derive(Debug)]
+pub(super) struct EndpointState {
+    pub(super) endpoint: Endpoint,
+    conn: tonic::transport::Channel,
+    ewma: Mutex<Ewma>,
+    in_flight: AtomicUsize,
+    /// Calls sent here, shared with the channel's per-endpoint counts.
+    calls: Arc<AtomicU64>,
+    /// Passive health: ejected after consecutive failures, back through a probe.
+    pub(super) ejection: Mutex<Breaker>,
+    /// Active health: what the server's `grpc.health.v1` watch last said.
+    serving: Arc<AtomicBool>,
+    _watch: AbortOnDrop,
+}
+
+impl EndpointState {
+    /// A lazy connection to `endpoint` of `service`, whose health it watches.
+    pub(super) fn connect(
+        endpoint: &Endpoint,
+        service: &'static str,
+        calls: Arc<AtomicU64>,
+    ) -> Result<Self, String> {
+        let conn = tonic::transport::Endpoint::from_shared(endpoint.uri())
             .map_err(|e| format!("`{endpoint}` is not a valid address: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();
-        Ok(Counted { inner, endpoint: Arc::new(endpoint.clone()), calls })
-    }
-}
-
-/// A transport error, with the endpoint it happened on.
-#[derive(Debug, thiserror::Error)]
-#[error("{endpoint}: {source}")]
-pub(super) struct EndpointError {
-    endpoint: Arc<Endpoint>,
-    #[source]
-    source: tonic::transport::Error,
-}
-
-impl Service<Request<Body>> for Counted {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<Body>>::poll_ready(&mut self.inner, cx)
-            .map_err(|source| EndpointError { endpoint: self.endpoint.clone(), source }.into())
+        let serving = Arc::new(AtomicBool::new(true));
+        let watch = tokio::spawn(watch_health(conn.clone(), service, endpoint.clone(), serving.clone()));
+        Ok(EndpointState {
+            endpoint: endpoint.clone(),
+            conn,
+            ewma: Mutex::new(Ewma { estimate_ns: DEFAULT_RTT.as_nanos() as f64, updated: Instant::now() }),
+            in_flight: AtomicUsize::new(0),
+            calls,
+            ejection: Mutex::new(Breaker::for_endpoint()),
+            serving,
+            _watch: AbortOnDrop(watch),
+        })
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    /// The expected cost of one more call: the decayed latency estimate
+    /// times (calls in flight + 1).
+    pub(super) fn load(&self) -> f64 {
+        let estimate = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).decayed(Instant::now());
+        estimate * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+    }
+
+    /// The latency estimate as of the last answer.
+    pub(super) fn latency(&self) -> Duration {
+        let estimate = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).estimate_ns;
+        Duration::from_nanos(estimate as u64)
+    }
+
+    /// Whether the server last said it serves (true until it says otherwise).
+    pub(super) fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is in the balancer's normal rotation (not ejected).
+    pub(super) fn in_rotation(&self) -> bool {
+        self.ejection.lock().unwrap_or_else(PoisonError::into_inner).is_closed()
+    }
+
+    /// Sends one request here, recording its latency until the response headers.
+    pub(super) async fn call(&self, req: Request<Body>) -> Result<Response<Body>, tonic::transport::Error> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        CallFuture { inner: self.inner.call(req), endpoint: self.endpoint.clone() }
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let start = Instant::now();
+        let result = self.conn.clone().oneshot(req).await;
+        let now = Instant::now();
+        self.ewma.lock().unwrap_or_else(PoisonError::into_inner).sample(now - start, now);
+        result
     }
 }
 
-/// The future of a [`Counted`] call.
-pub(super) struct CallFuture {
-    inner: tonic::transport::channel::ResponseFuture,
-    endpoint: Arc<Endpoint>,
+/// Counts a call in flight until dropped, also when the call is cancelled.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
 }
 
-impl Future for CallFuture {
-    type Output = Result<Response<Body>, BoxError>;
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = ready!(Pin::new(&mut self.inner).poll(cx));
-        Poll::Ready(result.map_err(|source| EndpointError { endpoint: self.endpoint.clone(), source }.into()))
+/// Follows the endpoint's `grpc.health.v1` status for `service`. A server
+/// without the health service counts as serving.
+async fn watch_health(
+    conn: tonic::transport::Channel,
+    service: &'static str,
+    endpoint: Endpoint,
+    serving: Arc<AtomicBool>,
+) {
+    loop {
+        let request = HealthCheckRequest { service: service.to_owned() };
+        match HealthClient::new(conn.clone()).watch(request).await {
+            Ok(response) => {
+                let mut updates = response.into_inner();
+                while let Some(Ok(update)) = updates.next().await {
+                    let now_serving = update.status() != ServingStatus::NotServing;
+                    if serving.swap(now_serving, Ordering::Relaxed) != now_serving {
+                        tracing::debug!(%endpoint, service, serving = now_serving, "health changed");
+                    }
+                }
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                serving.store(true, Ordering::Relaxed);
+                return;
+            }
+            // Unreachable for now: passive health and the registry decide.
+            Err(_) => {}
+        }
+        tokio::time::sleep(WATCH_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_jumps_up_and_decays_down() {
+        let start = Instant::now();
+        let mut ewma = Ewma { estimate_ns: 1e6, updated: start };
+        ewma.sample(Duration::from_millis(50), start);
+        assert_eq!(ewma.estimate_ns, 50e6, "a slower sample is taken at once");
+        ewma.sample(Duration::from_millis(1), start + EWMA_DECAY);
+        let after_one_decay = ewma.estimate_ns;
+        assert!(after_one_decay < 50e6 * 0.4 && after_one_decay > 1e6, "{after_one_decay}");
+        ewma.sample(Duration::from_millis(1), start + EWMA_DECAY * 10);
+        assert!(ewma.estimate_ns < 1.1e6, "{}", ewma.estimate_ns);
+        // Unsampled, the estimate fades, so a once-slow endpoint is tried again.
+        ewma.sample(Duration::from_millis(100), start + EWMA_DECAY * 10);
+        let later = ewma.decayed(start + EWMA_DECAY * 13);
+        assert!(later < 100e6 * 0.06, "{later}");
     }
 }

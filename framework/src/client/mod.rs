@@ -1,190 +1,308 @@
-//! The channel under every generated client.
+//! The channel under every generated client: the Trellis client stack.
 //!
 //! A [`Channel`] belongs to one service. It follows the service's instances
-//! through a [`Registry`] and spreads calls over them with power-of-two-choices
-//! over peak-EWMA latency: of two instances picked at random, the one with
-//! the lower expected latency (recent round trips, times calls in flight) wins.
+//! through a [`Registry`], and takes every call through these steps, in
+//! this order:
 //!
 //! ```text
-//! Channel      deadline: the call's own (`Request::set_timeout`, else DEFAULT_TIMEOUT),
-//!              shortened to the inbound call's remaining deadline; sent as grpc-timeout
-//!   -> Buffer  makes the balancer shareable by clones of the channel
-//!   -> P2C     tower::balance::p2c over PeakEwma, fed by Registry::resolve changes
-//!   -> one tonic connection per endpoint, connected lazily
+//! policy      the method's idempotency (from the proto) decides what may be retried
+//! deadline    the call's own timeout (Request::set_timeout, else DEFAULT_TIMEOUT),
+//!             shortened to the inbound call's remaining deadline; sent as grpc-timeout
+//! retry       only where safe, to another instance, jittered backoff or server pushback,
+//!             never past the deadline, within the retry budget            (retry.rs)
+//! breaker     per method: fails fast with UNAVAILABLE while the target keeps failing
+//!                                                                         (breaker.rs)
+//! balancer    P2C over peak-EWMA x in flight, round robin, or consistent hashing
+//!                                                                         (balance.rs)
+//! endpoint    passive health (ejection after failures, back through a probe), active
+//!             health (grpc.health.v1 Watch), one lazy tonic connection  (endpoint.rs)
 //! ```
 //!
-//! Calls made before any instance is known wait for one, until their deadline.
-//! Errors come back as gRPC statuses naming the method, the service, its
-//! registry and what went wrong: `UNAVAILABLE` when no instance can be
-//! reached, `DEADLINE_EXCEEDED` when the deadline passes.
+//! Calls made before any instance is known wait for one, until their
+//! deadline. Every failure comes back as one gRPC status that names the
+//! method, the service, and what went wrong.
 
+mod balance;
+mod breaker;
 mod endpoint;
+mod retry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use tokio::time::{Instant, Sleep};
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
-use tower::buffer::Buffer;
 use tower::discover::Change;
-use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
-use tower::util::BoxService;
 use tower_service::Service;
 
+pub use balance::Balance;
+pub use retry::UNPROCESSED;
+
+use self::breaker::{Admit, Breakers};
+use self::endpoint::EndpointState;
+use self::retry::{MAX_ATTEMPTS, RetryBudget};
 use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout, outbound_deadline};
-use crate::descriptor::ServiceDescriptor;
+use crate::descriptor::{ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error};
 use crate::registry::{AbortOnDrop, Endpoint, Registry};
 
 /// The deadline of a call that sets none of its own.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many calls may wait for the balancer at once, per channel.
-const BUFFER: usize = 1024;
-
-/// The latency an endpoint is assumed to have before it answered once. Kept
-/// optimistic, so a new instance wins its first comparisons and is tried at
-/// once; its first real answers then set its estimate (peak-EWMA jumps up on
-/// a slow answer right away, so a slow newcomer loses quickly).
-const DEFAULT_RTT: Duration = Duration::from_millis(1);
-
-/// How fast peak-EWMA forgets a latency peak.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
-
 /// How long to wait before resolving again after the registry failed.
 const RESOLVE_RETRY: Duration = Duration::from_millis(500);
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Balanced = Buffer<Request<Body>, BoxFuture<Result<Response<Body>, BoxError>>>;
+/// How often endpoints far slower than their peers are looked for.
+const OUTLIER_CHECK: Duration = Duration::from_millis(500);
+
+/// An endpoint is a latency outlier above this multiple of the median...
+const OUTLIER_FACTOR: f64 = 5.0;
+
+/// ...and this much above it in absolute terms.
+const OUTLIER_MARGIN: Duration = Duration::from_millis(20);
+
+/// Routes a call by consistent hashing (with [`Balance::ConsistentHash`]):
+/// calls with the same key go to the same instance while it is available.
+///
+/// ```
+/// let mut request = trellis::Request::new(());
+/// request.extensions_mut().insert(trellis::client::HashKey::new("order-42"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKey(u64);
+
+impl HashKey {
+    /// The key for `value`, such as an order id.
+    pub fn new(value: impl AsRef<[u8]>) -> Self {
+        HashKey(balance::hash_key(value.as_ref()))
+    }
+}
+
+/// What a channel has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Attempts sent to each endpoint, including endpoints that have left.
+    pub calls_per_endpoint: Vec<(Endpoint, u64)>,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// Retries refused because the retry budget was spent.
+    pub retries_over_budget: u64,
+    /// Endpoints taken out of rotation (failures or latency).
+    pub ejections: u64,
+    /// Times a method's circuit breaker opened.
+    pub breaker_trips: u64,
+}
 
 /// A channel to the instances of one service. Cheap to clone; clones share
-/// connections and the balancer.
+/// connections, balancer, breakers and retry budget.
 #[derive(Clone)]
 pub struct Channel {
-    inner: Balanced,
-    target: Arc<Target>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
-            .field("service", &self.target.service.name())
-            .field("registry", &self.target.registry)
-            .field("endpoints", &self.target.endpoints.load(Ordering::Relaxed))
+            .field("service", &self.shared.service.name())
+            .field("registry", &self.shared.registry)
+            .field("endpoints", &self.shared.endpoints.snapshot().len())
             .finish_non_exhaustive()
     }
 }
 
-/// What a channel knows about where its calls go.
+/// What clones of a channel share.
 #[derive(Debug)]
-struct Target {
+struct Shared {
     service: &'static ServiceDescriptor,
     registry: String,
-    /// Endpoints in the balancer now.
-    endpoints: AtomicUsize,
+    balance: Balance,
+    /// Per method path: whether it may be retried after reaching a handler,
+    /// and whether its request can be sent again (a single message).
+    methods: HashMap<&'static str, (bool, bool)>,
+    endpoints: balance::Endpoints,
+    /// Bumped on every change of endpoints, to wake calls waiting for one.
+    changed: watch::Receiver<u64>,
+    breakers: Breakers,
+    budget: RetryBudget,
+    calls: Mutex<BTreeMap<Endpoint, Arc<AtomicU64>>>,
+    retries: AtomicU64,
+    retries_over_budget: AtomicU64,
+    ejections: AtomicU64,
     /// Why the registry could not be followed, while it cannot.
     registry_error: Mutex<Option<String>>,
-    /// Calls sent to each endpoint since the channel was made.
-    calls: Mutex<BTreeMap<Endpoint, Arc<AtomicU64>>>,
+    tasks: Mutex<Vec<AbortOnDrop>>,
 }
 
 impl Channel {
-    /// A channel to `service` through `registry`. Returns at once; instances
-    /// are found in the background, and calls wait for the first one.
+    /// A channel to `service` through `registry`, balancing with peak-EWMA.
+    /// Returns at once; instances are found in the background, and calls
+    /// wait for the first one.
     ///
     /// # Errors
     ///
     /// When called outside a Tokio runtime.
     pub fn discover(registry: &Registry, service: &'static ServiceDescriptor) -> Result<Self, Error> {
+        Self::with_balance(registry, service, Balance::default())
+    }
+
+    /// [`discover`](Self::discover), with another balancing strategy.
+    ///
+    /// # Errors
+    ///
+    /// When called outside a Tokio runtime.
+    pub fn with_balance(
+        registry: &Registry,
+        service: &'static ServiceDescriptor,
+        balance: Balance,
+    ) -> Result<Self, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime("Channel::discover"));
         }
-        let target = Arc::new(Target {
+        let methods = service
+            .methods()
+            .iter()
+            .map(|m| {
+                let replayable = matches!(m.kind(), StreamingKind::Unary | StreamingKind::ServerStreaming);
+                (m.path(), (m.idempotency().is_retry_safe(), replayable))
+            })
+            .collect();
+        let (bump, changed) = watch::channel(0);
+        let shared = Arc::new(Shared {
             service,
             registry: registry.url().to_owned(),
-            endpoints: AtomicUsize::new(0),
-            registry_error: Mutex::new(None),
+            balance,
+            methods,
+            endpoints: balance::Endpoints::default(),
+            changed,
+            breakers: Breakers::default(),
+            budget: RetryBudget::default(),
             calls: Mutex::new(BTreeMap::new()),
+            retries: AtomicU64::new(0),
+            retries_over_budget: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            registry_error: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         });
-        let (changes, rx) = tokio::sync::mpsc::channel(64);
-        let follower = tokio::spawn(follow(registry.clone(), target.clone(), changes));
-        let discover = EndpointChanges { rx, _follower: AbortOnDrop(follower) };
-        let discover =
-            PeakEwmaDiscover::new(discover, DEFAULT_RTT, EWMA_DECAY, CompleteOnResponse::default());
-        let balance = tower::balance::p2c::Balance::new(discover);
-        let inner = Buffer::new(BoxService::new(balance), BUFFER);
-        Ok(Channel { inner, target })
+        // The tasks hold only a weak reference: dropping the last clone of
+        // the channel stops them.
+        let follower = tokio::spawn(follow(registry.clone(), Arc::downgrade(&shared), bump));
+        let outliers = tokio::spawn(eject_outliers(Arc::downgrade(&shared)));
+        shared.lock_tasks().extend([AbortOnDrop(follower), AbortOnDrop(outliers)]);
+        Ok(Channel { shared })
     }
 
     /// The service this channel calls.
     pub fn service(&self) -> &'static ServiceDescriptor {
-        self.target.service
+        self.shared.service
     }
 
-    /// How many calls went to each endpoint through this channel and its
+    /// How many attempts went to each endpoint through this channel and its
     /// clones, including endpoints that have since left.
     pub fn calls_per_endpoint(&self) -> Vec<(Endpoint, u64)> {
-        let calls = self.target.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let calls = self.shared.calls.lock().unwrap_or_else(PoisonError::into_inner);
         calls.iter().map(|(endpoint, n)| (endpoint.clone(), n.load(Ordering::Relaxed))).collect()
+    }
+
+    /// Counters of what the stack did: retries, ejections, breaker trips.
+    pub fn stats(&self) -> ChannelStats {
+        ChannelStats {
+            calls_per_endpoint: self.calls_per_endpoint(),
+            retries: self.shared.retries.load(Ordering::Relaxed),
+            retries_over_budget: self.shared.retries_over_budget.load(Ordering::Relaxed),
+            ejections: self.shared.ejections.load(Ordering::Relaxed),
+            breaker_trips: self.shared.breakers.trips(),
+        }
     }
 }
 
-/// Follows the registry and feeds endpoint changes to the balancer. Keeps the
-/// last known endpoints while the registry cannot be reached.
-async fn follow(
-    registry: Registry,
-    target: Arc<Target>,
-    changes: tokio::sync::mpsc::Sender<Change<Endpoint, endpoint::Counted>>,
-) {
-    let service = target.service.name();
+/// Follows the registry and keeps the endpoint list current. Keeps the last
+/// known endpoints while the registry cannot be reached.
+async fn follow(registry: Registry, shared: std::sync::Weak<Shared>, bump: watch::Sender<u64>) {
+    let Some(service) = shared.upgrade().map(|s| s.service.name()) else { return };
     let resolution = loop {
         match registry.resolve(service).await {
             Ok(resolution) => break resolution,
             Err(err) => {
-                let first = target.set_registry_error(Some(err.to_string()));
-                if first {
+                let Some(shared) = shared.upgrade() else { return };
+                if shared.set_registry_error(Some(err.to_string())) {
                     tracing::warn!(service, "cannot resolve: {err}; retrying");
                 }
+                drop(shared);
                 tokio::time::sleep(RESOLVE_RETRY).await;
             }
         }
     };
-    target.set_registry_error(None);
-    let mut stream = std::pin::pin!(resolution.into_changes());
+    if let Some(shared) = shared.upgrade() {
+        shared.set_registry_error(None);
+    }
+    let mut changes = std::pin::pin!(resolution.into_changes());
     while let Some(change) =
-        std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await
+        std::future::poll_fn(|cx| futures_core::Stream::poll_next(changes.as_mut(), cx)).await
     {
-        let change = match change {
-            Change::Insert(key, endpoint) => match target.connect(&endpoint) {
-                Ok(connection) => {
-                    target.endpoints.fetch_add(1, Ordering::Relaxed);
+        let Some(shared) = shared.upgrade() else { return };
+        let mut list: Vec<Arc<EndpointState>> = shared.endpoints.snapshot().to_vec();
+        match change {
+            Change::Insert(_, endpoint) => match shared.connect(&endpoint) {
+                Ok(state) => {
                     tracing::debug!(service, %endpoint, "endpoint added");
-                    Change::Insert(key, connection)
+                    list.retain(|e| e.endpoint != endpoint);
+                    list.push(Arc::new(state));
                 }
-                Err(err) => {
-                    tracing::warn!(service, %endpoint, "ignoring endpoint: {err}");
-                    continue;
-                }
+                Err(err) => tracing::warn!(service, %endpoint, "ignoring endpoint: {err}"),
             },
-            Change::Remove(key) => {
-                target.endpoints.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!(service, endpoint = %key, "endpoint removed");
-                Change::Remove(key)
+            Change::Remove(endpoint) => {
+                tracing::debug!(service, %endpoint, "endpoint removed");
+                list.retain(|e| e.endpoint != endpoint);
             }
-        };
-        if changes.send(change).await.is_err() {
-            return;
+        }
+        shared.endpoints.replace(list);
+        bump.send_modify(|n| *n += 1);
+    }
+}
+
+/// Ejects endpoints whose latency is far above their peers'.
+async fn eject_outliers(shared: std::sync::Weak<Shared>) {
+    let mut ticks = tokio::time::interval(OUTLIER_CHECK);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let list = shared.endpoints.snapshot();
+        let rotation: Vec<&Arc<EndpointState>> = list.iter().filter(|e| e.in_rotation()).collect();
+        // A median needs peers; ejecting must keep most endpoints in rotation.
+        if rotation.len() < 3 || (rotation.len() - 1) * 2 < list.len() {
+            continue;
+        }
+        let mut latencies: Vec<Duration> = rotation.iter().map(|e| e.latency()).collect();
+        latencies.sort_unstable();
+        let median = latencies[latencies.len() / 2];
+        let limit = median.mul_f64(OUTLIER_FACTOR).max(median + OUTLIER_MARGIN);
+        if let Some(slowest) = rotation.iter().max_by_key(|e| e.latency()).filter(|e| e.latency() > limit) {
+            let reason = format!("latency {:?} is far above the median {median:?}", slowest.latency());
+            tracing::info!(service = shared.service.name(), endpoint = %slowest.endpoint, "ejecting: {reason}");
+            slowest
+                .ejection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .force_open(Instant::now(), &reason);
+            shared.ejections.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-impl Target {
+impl Shared {
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortOnDrop>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records the registry's state; true if this starts an outage.
     fn set_registry_error(&self, error: Option<String>) -> bool {
         let mut current = self.registry_error.lock().unwrap_or_else(PoisonError::into_inner);
@@ -193,16 +311,15 @@ impl Target {
         started
     }
 
-    /// A lazily connected, counted service for `endpoint`.
-    fn connect(&self, endpoint: &Endpoint) -> Result<endpoint::Counted, String> {
+    fn connect(&self, endpoint: &Endpoint) -> Result<EndpointState, String> {
         let counter = {
             let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
             calls.entry(endpoint.clone()).or_default().clone()
         };
-        endpoint::Counted::connect(endpoint, counter)
+        EndpointState::connect(endpoint, self.service.name(), counter)
     }
 
-    /// What to tell a caller whose call could not be sent anywhere.
+    /// Why a call found no instance to go to.
     fn nowhere(&self) -> String {
         let registry_error = self.registry_error.lock().unwrap_or_else(PoisonError::into_inner);
         match &*registry_error {
@@ -215,144 +332,251 @@ impl Target {
         }
     }
 
-    /// The one place a failure becomes a gRPC status. `err` is `None` when
-    /// the call's own deadline passed.
-    fn status(
+    /// Waits for an endpoint to try, until `deadline`.
+    async fn pick(
         &self,
-        path: &str,
-        timeout: Duration,
-        err: Option<&(dyn std::error::Error + 'static)>,
-    ) -> Status {
-        if let Some(status) = find::<Status>(err) {
-            return status.clone();
+        tried: &[Arc<EndpointState>],
+        key: Option<u64>,
+        deadline: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Option<balance::Pick> {
+        let mut changed = self.changed.clone();
+        loop {
+            if let Some(pick) = self.endpoints.pick(self.balance, tried, key, rng) {
+                return Some(pick);
+            }
+            tokio::select! {
+                result = changed.changed() => if result.is_err() { return None },
+                () = tokio::time::sleep_until(deadline) => return None,
+            }
         }
-        let timed_out = err.is_none() || find::<tonic::TimeoutExpired>(err).is_some();
-        let endpoints = self.endpoints.load(Ordering::Relaxed);
-        match (timed_out, err) {
-            (true, _) if endpoints == 0 => Status::deadline_exceeded(format!(
-                "{path}: deadline of {timeout:?} passed: {}",
-                self.nowhere()
-            )),
-            (true, _) => Status::deadline_exceeded(format!(
-                "{path}: no response from {} within the call's {timeout:?} deadline",
-                self.service.name()
-            )),
-            (false, _) if endpoints == 0 => Status::unavailable(format!("{path}: {}", self.nowhere())),
-            (false, err) => Status::unavailable(format!(
-                "{path}: cannot reach {} (registry {}): {}",
-                self.service.name(),
-                self.registry,
-                err.map(crate::app::error_chain).unwrap_or_default()
-            )),
+    }
+
+    /// Runs one call through the stack. See the [module docs](self).
+    async fn call(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, Status> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let (retry_safe, replayable) = self.methods.get(path.as_str()).copied().unwrap_or((false, true));
+        let own = parts.headers.get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
+        let start = Instant::now();
+        let deadline =
+            outbound_deadline(Some(own.unwrap_or(DEFAULT_TIMEOUT))).unwrap_or(start + DEFAULT_TIMEOUT);
+        let timeout = deadline.saturating_duration_since(start);
+        if timeout.is_zero() {
+            return Err(Status::deadline_exceeded(format!(
+                "{path}: the deadline passed before the call was sent"
+            )));
+        }
+        let key = parts.extensions.get::<HashKey>().map(|k| k.0);
+        // A single-message request is kept, so it can be sent again.
+        let mut body = if replayable {
+            let bytes =
+                body.collect().await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
+            Payload::Replayable(bytes.to_bytes())
+        } else {
+            Payload::Once(Some(body))
+        };
+        let breaker = self.breakers.of(self.method_key(&path));
+        let mut rng = fastrand::Rng::new();
+        let mut tried: Vec<Arc<EndpointState>> = Vec::new();
+        self.budget.deposit();
+
+        for attempt in 1..=MAX_ATTEMPTS {
+            let admit = breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now());
+            let mut probe = match admit {
+                Admit::Call => BreakerProbe::none(),
+                Admit::Probe => BreakerProbe::new(&breaker),
+                Admit::Refuse { retry_in, last_failure } => {
+                    return Err(Status::unavailable(format!(
+                        "{path}: circuit open for {}: it keeps failing ({last_failure}); next try in {retry_in:?}",
+                        self.service.name()
+                    )));
+                }
+            };
+            let Some(pick) = self.pick(&tried, key, deadline, &mut rng).await else {
+                return Err(Status::deadline_exceeded(format!(
+                    "{path}: deadline of {timeout:?} passed: {}",
+                    self.nowhere()
+                )));
+            };
+            let mut request = Request::from_parts(parts.clone(), Body::empty());
+            *request.body_mut() = match body.take() {
+                Some(body) => body,
+                None => {
+                    return Err(Status::internal(format!("{path}: the request stream cannot be sent twice")));
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
+                request.headers_mut().insert(GRPC_TIMEOUT, value);
+            }
+
+            let endpoint = &pick.endpoint;
+            let mut endpoint_probe =
+                if pick.probe { BreakerProbe::new(&endpoint.ejection) } else { BreakerProbe::none() };
+            let failure = match tokio::time::timeout_at(deadline, endpoint.call(request)).await {
+                Ok(Ok(response)) => match retry::failure_in_headers(response.headers()) {
+                    None => {
+                        self.succeeded(endpoint, &breaker, &mut probe, &mut endpoint_probe);
+                        return Ok(response);
+                    }
+                    Some(failure) => failure,
+                },
+                // tonic's connection enforces the grpc-timeout too, and may be first.
+                Ok(Err(err)) if !retry::is_timeout(&err) => retry::failure_of_error(
+                    &err,
+                    Status::unavailable(format!(
+                        "{path}: cannot reach {} at {}: {}",
+                        self.service.name(),
+                        endpoint.endpoint,
+                        crate::app::error_chain(&err)
+                    )),
+                ),
+                Ok(Err(_)) | Err(_) => {
+                    let message = format!(
+                        "{path}: no response from {} at {} within the call's {timeout:?} deadline",
+                        self.service.name(),
+                        endpoint.endpoint
+                    );
+                    self.failed(endpoint, &breaker, &mut probe, &mut endpoint_probe, &message);
+                    return Err(Status::deadline_exceeded(message));
+                }
+            };
+            self.failed(endpoint, &breaker, &mut probe, &mut endpoint_probe, failure.status.message());
+            if !failure.retryable(retry_safe) || attempt == MAX_ATTEMPTS || !body.replayable() {
+                return Err(failure.status);
+            }
+            if !self.budget.withdraw() {
+                self.retries_over_budget.fetch_add(1, Ordering::Relaxed);
+                return Err(with_note(failure.status, "not retried: the retry budget is spent"));
+            }
+            let backoff = failure.backoff(attempt, &mut rng);
+            if Instant::now() + backoff >= deadline {
+                return Err(with_note(failure.status, "not retried: no time left before the deadline"));
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            tried.push(Arc::clone(&pick.endpoint));
+        }
+        Err(Status::internal(format!("{path}: no attempt was made")))
+    }
+
+    /// The `'static` path of `path` in the descriptor (unknown paths share one key).
+    fn method_key(&self, path: &str) -> &'static str {
+        self.methods.get_key_value(path).map_or("(unknown method)", |(k, _)| k)
+    }
+
+    /// Records an answer: the endpoint and the method's breaker are healthy.
+    fn succeeded(
+        &self,
+        endpoint: &EndpointState,
+        breaker: &Mutex<breaker::Breaker>,
+        probe: &mut BreakerProbe<'_>,
+        endpoint_probe: &mut BreakerProbe<'_>,
+    ) {
+        endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+        breaker.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+        probe.done();
+        endpoint_probe.done();
+    }
+
+    /// Records a failure of the target on the endpoint (ejecting it after
+    /// several) and on the method's breaker (opening it after several).
+    fn failed(
+        &self,
+        endpoint: &EndpointState,
+        breaker: &Mutex<breaker::Breaker>,
+        probe: &mut BreakerProbe<'_>,
+        endpoint_probe: &mut BreakerProbe<'_>,
+        failure: &str,
+    ) {
+        let now = Instant::now();
+        {
+            let mut ejection = endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+            let was_in = ejection.is_closed();
+            ejection.failed(now, failure);
+            if was_in && !ejection.is_closed() {
+                tracing::info!(service = self.service.name(), endpoint = %endpoint.endpoint, "ejecting: {failure}");
+                self.ejections.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        probe.done();
+        endpoint_probe.done();
+        let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_closed = !breaker.is_open();
+        breaker.failed(now, failure);
+        if was_closed && breaker.is_open() {
+            tracing::warn!(service = self.service.name(), "circuit opened: {failure}");
+            self.breakers.tripped();
         }
     }
 }
 
-/// The first error of type `T` in `err`'s source chain.
-fn find<'a, T: std::error::Error + 'static>(
-    err: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a T> {
-    let mut source = err;
-    while let Some(cause) = source {
-        if let Some(found) = cause.downcast_ref::<T>() {
-            return Some(found);
+fn with_note(status: Status, note: &str) -> Status {
+    Status::new(status.code(), format!("{} ({note})", status.message()))
+}
+
+/// A request body: kept to be sent again, or a stream sent once.
+enum Payload {
+    Replayable(Bytes),
+    Once(Option<Body>),
+}
+
+impl Payload {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Payload::Replayable(bytes) => Some(Body::new(http_body_util::Full::new(bytes.clone()))),
+            Payload::Once(body) => body.take(),
         }
-        source = cause.source();
     }
-    None
+
+    fn replayable(&self) -> bool {
+        matches!(self, Payload::Replayable(_))
+    }
 }
 
-/// The balancer's view of endpoint changes.
-struct EndpointChanges {
-    rx: tokio::sync::mpsc::Receiver<Change<Endpoint, endpoint::Counted>>,
-    _follower: AbortOnDrop,
+/// The half-open probe slot an attempt holds, on a method's breaker or an
+/// endpoint's ejection, if any: given back if the call ends without an
+/// outcome (cancelled by the caller).
+struct BreakerProbe<'a> {
+    breaker: Option<&'a Mutex<breaker::Breaker>>,
 }
 
-impl futures_core::Stream for EndpointChanges {
-    type Item = Result<Change<Endpoint, endpoint::Counted>, std::convert::Infallible>;
+impl<'a> BreakerProbe<'a> {
+    fn none() -> Self {
+        BreakerProbe { breaker: None }
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|change| change.map(Ok))
+    fn new(breaker: &'a Mutex<breaker::Breaker>) -> Self {
+        BreakerProbe { breaker: Some(breaker) }
+    }
+
+    /// The outcome was reported to the breaker.
+    fn done(&mut self) {
+        self.breaker = None;
+    }
+}
+
+impl Drop for BreakerProbe<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.breaker.take() {
+            breaker.lock().unwrap_or_else(PoisonError::into_inner).abandoned();
+        }
     }
 }
 
 impl Service<Request<Body>> for Channel {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| Box::new(self.target.status("(connect)", Duration::ZERO, Some(&*e))) as BoxError)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Calls wait for an endpoint inside `call`, bounded by their deadline.
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let own = req
-            .headers()
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| decode_grpc_timeout(v.as_bytes()))
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let now = Instant::now();
-        let deadline = outbound_deadline(Some(own)).unwrap_or(now + own);
-        let timeout = deadline.saturating_duration_since(now);
-        let path = req.uri().path().to_owned();
-        if timeout.is_zero() {
-            let status =
-                Status::deadline_exceeded(format!("{path}: the deadline passed before the call was sent"));
-            return ResponseFuture { state: Err(Some(status)) };
-        }
-        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(timeout)) {
-            req.headers_mut().insert(GRPC_TIMEOUT, value);
-        }
-        ResponseFuture {
-            state: Ok(Pending {
-                call: Box::pin(self.inner.call(req)),
-                sleep: Box::pin(tokio::time::sleep_until(deadline)),
-                target: self.target.clone(),
-                path,
-                timeout,
-            }),
-        }
-    }
-}
-
-/// The future of a [`Channel`] call.
-pub struct ResponseFuture {
-    state: Result<Pending, Option<Status>>,
-}
-
-struct Pending {
-    call: BoxFuture<Result<Response<Body>, BoxError>>,
-    sleep: Pin<Box<Sleep>>,
-    target: Arc<Target>,
-    path: String,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<Response<Body>, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            Ok(pending) => {
-                if let Poll::Ready(result) = pending.call.as_mut().poll(cx) {
-                    return Poll::Ready(result.map_err(|e| {
-                        Box::new(pending.target.status(&pending.path, pending.timeout, Some(&*e))) as BoxError
-                    }));
-                }
-                ready!(pending.sleep.as_mut().poll(cx));
-                Poll::Ready(Err(Box::new(pending.target.status(&pending.path, pending.timeout, None))))
-            }
-            Err(status) => Poll::Ready(Err(Box::new(
-                status.take().unwrap_or_else(|| Status::internal("call polled after completion")),
-            ))),
-        }
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.call(req).await.map_err(|status| Box::new(status) as BoxError) })
     }
 }

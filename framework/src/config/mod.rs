@@ -16,6 +16,7 @@
 //! | `shutdown.drain_timeout` | `10s` | `[shutdown] drain_timeout = "30s"` | `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` | `--set` |
 //! | `server.max_concurrent_calls` | `1024` | `[server] max_concurrent_calls = 256` | `TRELLIS_SERVER__MAX_CONCURRENT_CALLS` | `--set` |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
+//! | `faults.unavailable` | `false` | `[faults] unavailable = true` | `TRELLIS_FAULTS__UNAVAILABLE` | `--set` |
 //!
 //! A service's own settings live in a section named after it (for example
 //! `[payment]`, `TRELLIS_PAYMENT__DATABASE`), read with
@@ -164,6 +165,8 @@ pub struct FaultsConfig {
     /// Added to every application call (not to health or reflection).
     #[serde(with = "duration")]
     pub delay: Duration,
+    /// Answer every application call with `UNAVAILABLE`.
+    pub unavailable: bool,
 }
 
 /// The layers, before they are turned into a [`Config`].

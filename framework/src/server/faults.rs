@@ -1,6 +1,7 @@
-//! Injected faults, for chaos tests and benchmarks: make an instance slow on
-//! purpose. Off unless `faults.delay` is set. Health and reflection calls
-//! (`/grpc.*`) are never delayed, so a slow instance still looks alive.
+//! Injected faults, for chaos tests and benchmarks: make an instance slow
+//! (`faults.delay`) or failing (`faults.unavailable`) on purpose. Off unless
+//! set. Health and reflection calls (`/grpc.*`) are never touched, so a
+//! faulty instance still looks alive to health checks.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,17 +11,19 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// Delays every application call by a fixed time before handling it.
+/// Delays every application call by a fixed time before handling it, or
+/// answers every one with `UNAVAILABLE`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FaultLayer {
     pub(crate) delay: Duration,
+    pub(crate) unavailable: bool,
 }
 
 impl<S> Layer<S> for FaultLayer {
     type Service = Fault<S>;
 
     fn layer(&self, inner: S) -> Fault<S> {
-        Fault { inner, delay: self.delay }
+        Fault { inner, faults: *self }
     }
 }
 
@@ -28,12 +31,12 @@ impl<S> Layer<S> for FaultLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct Fault<S> {
     inner: S,
-    delay: Duration,
+    faults: FaultLayer,
 }
 
 impl<S, B> Service<Request<B>> for Fault<S>
 where
-    S: Service<Request<B>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send,
     B: Send + 'static,
 {
@@ -49,9 +52,18 @@ where
         // The ready service handles this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let delay = if req.uri().path().starts_with("/grpc.") { Duration::ZERO } else { self.delay };
+        let faults = if req.uri().path().starts_with("/grpc.") {
+            FaultLayer { delay: Duration::ZERO, unavailable: false }
+        } else {
+            self.faults
+        };
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(faults.delay).await;
+            if faults.unavailable {
+                return Ok(
+                    tonic::Status::unavailable("injected fault: faults.unavailable is set").into_http()
+                );
+            }
             inner.call(req).await
         })
     }

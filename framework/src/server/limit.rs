@@ -21,6 +21,8 @@ use tonic::metadata::MetadataValue;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::client::UNPROCESSED;
+
 /// The pushback hint sent with a shed call.
 pub(crate) const SHED_PUSHBACK: Duration = Duration::from_millis(100);
 
@@ -81,7 +83,10 @@ where
                     "grpc-retry-pushback-ms",
                     MetadataValue::from(u64::try_from(SHED_PUSHBACK.as_millis()).unwrap_or(u64::MAX)),
                 );
-                LoadShedFuture::Shed { response: Some(status.into_http()) }
+                let mut response: Response<tonic::body::Body> = status.into_http();
+                // No handler ran: a Trellis client may retry any method elsewhere.
+                response.headers_mut().insert(UNPROCESSED, http::HeaderValue::from_static("1"));
+                LoadShedFuture::Shed { response: Some(response) }
             }
         }
     }

@@ -61,7 +61,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
-use crate::config::ShutdownConfig;
+use crate::config::{FaultsConfig, ShutdownConfig};
 use crate::descriptor::{DescribedService, ServiceDescriptor};
 use crate::error::Error;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
@@ -92,7 +92,7 @@ impl Server {
         ServerBuilder {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown: ShutdownConfig::default(),
-            fault_delay: Duration::ZERO,
+            faults: FaultsConfig::default(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             registry: None,
             advertise: None,
@@ -109,7 +109,7 @@ impl Server {
 pub struct ServerBuilder {
     listen: SocketAddr,
     shutdown: ShutdownConfig,
-    fault_delay: Duration,
+    faults: FaultsConfig,
     max_concurrent_calls: usize,
     registry: Option<Registry>,
     advertise: Option<String>,
@@ -157,9 +157,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Delays every application call by `delay`, to simulate a slow instance.
-    pub fn fault_delay(mut self, delay: Duration) -> Self {
-        self.fault_delay = delay;
+    /// Injects faults into every application call, to simulate a slow or
+    /// failing instance (see [`FaultsConfig`]).
+    pub fn faults(mut self, faults: FaultsConfig) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -262,7 +263,7 @@ impl BoundServer {
         let BoundServer { builder, listener, local_addr } = self;
         let ServerBuilder {
             shutdown,
-            fault_delay,
+            faults,
             max_concurrent_calls,
             registry,
             advertise,
@@ -288,7 +289,10 @@ impl BoundServer {
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)
-            .option_layer((!fault_delay.is_zero()).then_some(faults::FaultLayer { delay: fault_delay }));
+            .option_layer(
+                (!faults.delay.is_zero() || faults.unavailable)
+                    .then_some(faults::FaultLayer { delay: faults.delay, unavailable: faults.unavailable }),
+            );
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()

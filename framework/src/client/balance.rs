@@ -1,0 +1,130 @@
+//! Choosing an endpoint for each attempt.
+//!
+//! Candidates are the endpoints whose server says it is serving, that are
+//! not ejected, and that this call has not tried yet. When more than half
+//! of the serving endpoints are ejected (the panic threshold), ejection is
+//! ignored: a fleet that looks mostly broken is more likely a shared
+//! problem, and refusing every call would only make it worse. An ejected
+//! endpoint whose ejection period is over gets the next call as its probe,
+//! one call at a time. Among the candidates the strategy picks:
+//!
+//! - [`Balance::PeakEwma`] (default): power of two choices, the lower of
+//!   latency estimate x (calls in flight + 1);
+//! - [`Balance::RoundRobin`]: each in turn;
+//! - [`Balance::ConsistentHash`]: rendezvous hashing on the call's
+//!   [`HashKey`](crate::client::HashKey), so a key keeps its endpoint while
+//!   the set of endpoints changes around it.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::time::Instant;
+
+use super::breaker::Admit;
+use super::endpoint::EndpointState;
+
+/// How a channel spreads calls over endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Power of two choices over peak-EWMA latency x calls in flight.
+    #[default]
+    PeakEwma,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// The same endpoint for the same [`HashKey`](crate::client::HashKey).
+    ConsistentHash,
+}
+
+/// The endpoint chosen for an attempt.
+#[derive(Debug)]
+pub(super) struct Pick {
+    pub(super) endpoint: Arc<EndpointState>,
+    /// Whether the attempt is the probe of an ejected endpoint.
+    pub(super) probe: bool,
+}
+
+/// The endpoints of a channel.
+#[derive(Debug, Default)]
+pub(super) struct Endpoints {
+    list: Mutex<Arc<[Arc<EndpointState>]>>,
+    next: AtomicUsize,
+}
+
+impl Endpoints {
+    /// The endpoints now.
+    pub(super) fn snapshot(&self) -> Arc<[Arc<EndpointState>]> {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the endpoints.
+    pub(super) fn replace(&self, list: Vec<Arc<EndpointState>>) {
+        *self.list.lock().unwrap_or_else(PoisonError::into_inner) = Arc::from(list);
+    }
+
+    /// Chooses an endpoint, avoiding `tried` while any other is available.
+    pub(super) fn pick(
+        &self,
+        balance: Balance,
+        tried: &[Arc<EndpointState>],
+        key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<Pick> {
+        let list = self.snapshot();
+        if list.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let untried = |e: &&Arc<EndpointState>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+        let serving: Vec<&Arc<EndpointState>> = list.iter().filter(|e| e.serving()).filter(untried).collect();
+        // All tried, or none serving: any endpoint beats failing the call here.
+        let pool: Vec<&Arc<EndpointState>> = if serving.is_empty() { list.iter().collect() } else { serving };
+
+        if let Some(probe) = pool.iter().find(|e| probe_admitted(e, now)) {
+            return Some(Pick { endpoint: Arc::clone(probe), probe: true });
+        }
+        let in_rotation: Vec<&Arc<EndpointState>> =
+            pool.iter().copied().filter(|e| e.in_rotation()).collect();
+        let candidates = if in_rotation.len() * 2 < pool.len() { pool } else { in_rotation };
+        let chosen = match (balance, candidates.len()) {
+            (_, 0) => return None,
+            (_, 1) => candidates[0],
+            (Balance::PeakEwma, n) => {
+                let a = rng.usize(..n);
+                let b = (a + 1 + rng.usize(..n - 1)) % n;
+                if candidates[a].load() <= candidates[b].load() { candidates[a] } else { candidates[b] }
+            }
+            (Balance::RoundRobin, n) => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            (Balance::ConsistentHash, _) => match key {
+                Some(key) => {
+                    candidates.iter().copied().max_by_key(|e| rendezvous(key, e)).unwrap_or(candidates[0])
+                }
+                None => candidates[rng.usize(..candidates.len())],
+            },
+        };
+        Some(Pick { endpoint: Arc::clone(chosen), probe: false })
+    }
+}
+
+/// Whether `endpoint` is ejected and due for a probe, taking the probe slot if so.
+fn probe_admitted(endpoint: &EndpointState, now: Instant) -> bool {
+    let mut ejection = endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+    ejection.probe_due(now) && ejection.admit(now) == Admit::Probe
+}
+
+/// The rendezvous weight of `key` on `endpoint`.
+fn rendezvous(key: u64, endpoint: &EndpointState) -> u64 {
+    let mut hasher = FIXED.build_hasher();
+    key.hash(&mut hasher);
+    endpoint.endpoint.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A hasher with fixed keys, so every client maps a key to the same endpoint.
+const FIXED: std::hash::BuildHasherDefault<std::hash::DefaultHasher> = std::hash::BuildHasherDefault::new();
+
+/// Hashes a consistent-hash key.
+pub(super) fn hash_key(key: &[u8]) -> u64 {
+    FIXED.hash_one(key)
+}

@@ -31,6 +31,11 @@
 //! }
 //! use proto::order::payment::v1::{OrderPaymentClient, PayRequest};
 //! ```
+//!
+//! # Features
+//!
+//! - `dns` (default): the `dns://` [registry] backend, which finds instances
+//!   in A/AAAA or SRV records, through hickory-resolver.
 
 pub mod app;
 pub mod client;

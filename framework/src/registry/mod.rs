@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `local://[DIR]` | the default: a directory of leased entries on this machine; nothing to run |
 //! | `etcd://HOST:PORT[,HOST:PORT...]` | etcd v3, for clusters (cargo feature `etcd`) |
-//! | `dns://[SERVER:PORT/]NAME[:PORT]` | A/AAAA or SRV records, re-resolved periodically |
+//! | `dns://[SERVER:PORT/]NAME[:PORT][?interval=5s]` | A/AAAA or SRV records, re-resolved periodically; read-only (cargo feature `dns`, on by default) |
 //! | `static://SERVICE=HOST:PORT[,HOST:PORT...][;SERVICE=...]` | fixed endpoints |
 //!
 //! Both sides use the same [`Registry`]: a server [registers](Registry::register)
@@ -17,6 +17,8 @@
 //! instances it knew, and a registration keeps trying to renew itself; each
 //! logs the outage once and the recovery once.
 
+#[cfg(feature = "dns")]
+mod dns;
 mod fixed;
 mod local;
 mod url;

@@ -17,6 +17,12 @@ pub(super) fn open(url: &str) -> Result<Arc<dyn Backend>, Error> {
     match scheme {
         "static" => Ok(Arc::new(super::fixed::Fixed::parse(url, rest)?)),
         "local" => Ok(Arc::new(super::local::Local::parse(url, rest)?)),
+        #[cfg(feature = "dns")]
+        "dns" => Ok(Arc::new(super::dns::Dns::parse(url, rest)?)),
+        #[cfg(not(feature = "dns"))]
+        "dns" => Err(err("dns:// needs the `dns` cargo feature of trellis, which is off in this build; \
+             enable it: trellis = { version = \"0.1\", features = [\"dns\"] }"
+            .to_owned())),
         _ => Err(err(format!("unknown registry scheme `{scheme}`; {EXPECTED}"))),
     }
 }

@@ -31,6 +31,11 @@
 //! }
 //! use proto::order::payment::v1::{OrderPaymentClient, PayRequest};
 //! ```
+//!
+//! # Feature flags
+//!
+//! - `etcd` (off by default): the `etcd://` [registry] backend, on the
+//!   `etcd-client` crate, whose build needs `protoc`.
 
 pub mod app;
 pub mod client;

@@ -17,6 +17,8 @@
 //! instances it knew, and a registration keeps trying to renew itself; each
 //! logs the outage once and the recovery once.
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod fixed;
 mod local;
 mod url;

@@ -17,6 +17,12 @@ pub(super) fn open(url: &str) -> Result<Arc<dyn Backend>, Error> {
     match scheme {
         "static" => Ok(Arc::new(super::fixed::Fixed::parse(url, rest)?)),
         "local" => Ok(Arc::new(super::local::Local::parse(url, rest)?)),
+        #[cfg(feature = "etcd")]
+        "etcd" => Ok(Arc::new(super::etcd::Etcd::parse(url, rest)?)),
+        #[cfg(not(feature = "etcd"))]
+        "etcd" => Err(err("this build has no etcd registry; build trellis with its `etcd` cargo feature \
+             (trellis = { features = [\"etcd\"] })"
+            .to_owned())),
         _ => Err(err(format!("unknown registry scheme `{scheme}`; {EXPECTED}"))),
     }
 }
@@ -63,6 +69,13 @@ mod tests {
             let msg = open(url).unwrap_err().to_string();
             assert!(msg.contains(needle) && msg.contains("local://") && msg.contains(url), "{url}: {msg}");
         }
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn etcd_without_the_feature_says_how_to_get_it() {
+        let msg = open("etcd://127.0.0.1:2379").unwrap_err().to_string();
+        assert!(msg.contains("etcd://127.0.0.1:2379") && msg.contains("`etcd` cargo feature"), "{msg}");
     }
 
     #[test]

@@ -43,6 +43,12 @@ const DEFAULT_PREFIX: &str = "/trellis";
 /// What to check when etcd cannot be reached.
 const FIX: &str = "check the etcd address and that etcd is running";
 
+/// What a resolution does while etcd cannot be reached.
+const KEEPING: &str = "keeping the last known instances";
+
+/// The longest lease etcd grants.
+const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
 /// How long connecting to one member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -99,11 +105,13 @@ impl Etcd {
                 "ttl" => {
                     etcd.ttl = humantime::parse_duration(value)
                         .ok()
-                        .filter(|d| !d.is_zero())
+                        .filter(|d| !d.is_zero() && *d <= MAX_TTL)
                         .map(whole_seconds)
                         .ok_or_else(|| {
                             err(format!(
-                                "`ttl={value}`: expected a positive duration such as 3s (whole seconds)"
+                                "`ttl={value}`: expected a positive duration such as 3s \
+                                 (whole seconds, at most {}s)",
+                                MAX_TTL.as_secs()
                             ))
                         })?;
                 }
@@ -187,33 +195,38 @@ async fn grant_and_put(
     Ok(lease)
 }
 
-/// Renews lease `id` over `stream`, opening it first if needed. `Ok(false)`
-/// when the lease is gone.
+/// Renews lease `id` over `stream`, or over a new stream (perhaps to another
+/// member) if there is none or it broke. `Ok(false)` when the lease is gone.
 async fn renew(
     client: &Client,
     id: i64,
     stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 ) -> Result<bool, etcd_client::Error> {
-    let Some((keeper, responses)) = stream else {
-        // Opening the stream renews once, and fails this way if the lease is gone.
-        return match client.lease_client().keep_alive(id).await {
-            Ok(opened) => {
-                *stream = Some(opened);
-                Ok(true)
-            }
-            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+    if let Some((keeper, responses)) = stream {
+        let renewed = match keeper.keep_alive().await {
+            Ok(()) => responses.message().await,
             Err(e) => Err(e),
         };
-    };
-    keeper.keep_alive().await?;
-    match responses.message().await? {
-        Some(response) => Ok(response.ttl() > 0),
-        None => Err(etcd_client::Error::LeaseKeepAliveError("the renewal stream ended".to_owned())),
+        match renewed {
+            Ok(Some(response)) => return Ok(response.ttl() > 0),
+            Ok(None) | Err(_) => *stream = None,
+        }
+    }
+    // Opening a stream renews once, and fails this way if the lease is gone.
+    match client.lease_client().keep_alive(id).await {
+        Ok(opened) => {
+            *stream = Some(opened);
+            Ok(true)
+        }
+        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
 /// Keeps `key` registered: renews `lease` every third of `ttl`, and puts the
-/// key under a new lease if the old one expired.
+/// key under a new lease if the old one expired. A renewal gets a third of
+/// the TTL too, so a member that stops answering leaves time to renew
+/// through another before the lease expires.
 async fn keep_alive(
     client: Client,
     ttl: i64,
@@ -225,13 +238,14 @@ async fn keep_alive(
     let mut outage = OutageLog::new(what);
     let mut stream = None;
     let every = Duration::from_secs(ttl.unsigned_abs()) / 3;
+    let bound = every.min(REQUEST_TIMEOUT);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         let id = lease.load(Ordering::Relaxed);
-        match tokio::time::timeout(REQUEST_TIMEOUT, renew(&client, id, &mut stream)).await {
+        match tokio::time::timeout(bound, renew(&client, id, &mut stream)).await {
             Ok(Ok(true)) => outage.succeeded(),
             Ok(Ok(false)) => {
                 stream = None;
@@ -250,7 +264,7 @@ async fn keep_alive(
             }
             Err(_) => {
                 stream = None;
-                outage.failed(&format!("no answer within {REQUEST_TIMEOUT:?}"), "retrying");
+                outage.failed(&format!("no answer within {bound:?}"), "retrying");
             }
         }
     }
@@ -336,28 +350,32 @@ impl Follower {
         publish(&self.tx, self.instances.values().cloned().collect());
     }
 
-    /// Applies the changes after `revision` until the watch breaks; returns why.
-    /// Marks the outage over once the watch is set up.
-    async fn watch(&mut self, revision: i64, outage: &mut OutageLog) -> String {
+    /// Applies the changes after `revision` until the watch breaks. Returns
+    /// whether it was set up; a watch that cannot be set up is an outage.
+    async fn watch(&mut self, revision: i64, outage: &mut OutageLog) -> bool {
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
         let mut watcher = self.client.watch_client();
-        let mut stream =
-            match tokio::time::timeout(REQUEST_TIMEOUT, watcher.watch(self.prefix.clone(), Some(options)))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return e.to_string(),
-                Err(_) => return format!("no answer within {REQUEST_TIMEOUT:?}"),
-            };
+        let watch = watcher.watch(self.prefix.clone(), Some(options));
+        let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, watch).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                outage.failed(&e, KEEPING);
+                return false;
+            }
+            Err(_) => {
+                outage.failed(&format!("no answer within {REQUEST_TIMEOUT:?}"), KEEPING);
+                return false;
+            }
+        };
         outage.succeeded();
-        loop {
+        let ended = loop {
             let response = match stream.message().await {
                 Ok(Some(response)) => response,
-                Ok(None) => return "the watch ended".to_owned(),
-                Err(e) => return e.to_string(),
+                Ok(None) => break "the watch ended".to_owned(),
+                Err(e) => break e.to_string(),
             };
             if response.canceled() {
-                return format!("the watch was canceled: {}", response.cancel_reason());
+                break format!("the watch was canceled: {}", response.cancel_reason());
             }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
@@ -371,23 +389,27 @@ impl Follower {
                 };
             }
             self.publish();
-        }
+        };
+        // Often one member going away: an outage only if reading again fails.
+        tracing::debug!(prefix = self.prefix, "etcd watch broke: {ended}; reading again");
+        true
     }
 
     /// Watches, and when the watch breaks, keeps the last instances, reads
     /// them again with backoff and watches anew.
     async fn run(mut self, mut revision: i64, what: String) {
         let mut outage = OutageLog::new(what);
+        let mut backoff = BACKOFF.0;
         loop {
-            let why = self.watch(revision, &mut outage).await;
-            outage.failed(&why, "keeping the last known instances");
-            let mut backoff = BACKOFF.0;
+            if self.watch(revision, &mut outage).await {
+                backoff = BACKOFF.0;
+            }
             revision = loop {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF.1);
                 match self.load(Instant::now() + REQUEST_TIMEOUT).await {
                     Ok(revision) => break revision,
-                    Err(e) => outage.failed(&e, "keeping the last known instances"),
+                    Err(e) => outage.failed(&e, KEEPING),
                 }
             };
         }
@@ -470,6 +492,7 @@ mod tests {
             ("etcd://h:99999", "port"),
             ("etcd://h:1?ttl=soon", "positive duration"),
             ("etcd://h:1?ttl=0s", "positive duration"),
+            ("etcd://h:1?ttl=1000years", "at most 9000000000s"),
             ("etcd://h:1?prefix=trellis", "starting with `/`"),
             ("etcd://h:1?color=red", "unknown option `color`"),
         ] {

@@ -32,10 +32,12 @@
 //! use proto::order::payment::v1::{OrderPaymentClient, PayRequest};
 //! ```
 //!
-//! # Features
+//! # Feature flags
 //!
 //! - `dns` (default): the `dns://` [registry] backend, which finds instances
 //!   in A/AAAA or SRV records, through hickory-resolver.
+//! - `etcd` (off by default): the `etcd://` [registry] backend, on the
+//!   `etcd-client` crate, whose build needs `protoc`.
 
 pub mod app;
 pub mod client;

@@ -19,6 +19,8 @@
 
 #[cfg(feature = "dns")]
 mod dns;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod fixed;
 mod local;
 mod url;

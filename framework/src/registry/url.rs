@@ -23,6 +23,12 @@ pub(super) fn open(url: &str) -> Result<Arc<dyn Backend>, Error> {
         "dns" => Err(err("dns:// needs the `dns` cargo feature of trellis, which is off in this build; \
              enable it: trellis = { version = \"0.1\", features = [\"dns\"] }"
             .to_owned())),
+        #[cfg(feature = "etcd")]
+        "etcd" => Ok(Arc::new(super::etcd::Etcd::parse(url, rest)?)),
+        #[cfg(not(feature = "etcd"))]
+        "etcd" => Err(err("this build has no etcd registry; build trellis with its `etcd` cargo feature \
+             (trellis = { features = [\"etcd\"] })"
+            .to_owned())),
         _ => Err(err(format!("unknown registry scheme `{scheme}`; {EXPECTED}"))),
     }
 }
@@ -73,6 +79,13 @@ mod tests {
             let msg = open(url).unwrap_err().to_string();
             assert!(msg.contains(needle) && msg.contains("local://") && msg.contains(url), "{url}: {msg}");
         }
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn etcd_without_the_feature_says_how_to_get_it() {
+        let msg = open("etcd://127.0.0.1:2379").unwrap_err().to_string();
+        assert!(msg.contains("etcd://127.0.0.1:2379") && msg.contains("`etcd` cargo feature"), "{msg}");
     }
 
     #[test]

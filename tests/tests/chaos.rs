@@ -132,7 +132,7 @@ fn orders(prefix: &str, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_killed_under_load_fails_no_read_and_charges_nothing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut fleet = fleet(dir.path(), &[&[], &[], &[]]).await;
+    let fleet = fleet(dir.path(), &[&[], &[], &[]]).await;
     let (client, channel) = client(&fleet);
     let paid = orders("before", 30);
     pay_all(&client, paid.iter().cloned()).await;

@@ -136,7 +136,7 @@ async fn two_instances_on_one_address_share_an_endpoint() {
         .expect("register");
     let mut resolution = registry.resolve("t.v1.Shared").await.expect("resolve");
     assert_eq!(resolution.current().len(), 2);
-    assert_eq!(resolution.endpoints().into_iter().collect::<Vec<_>>(), [endpoint.clone()]);
+    assert_eq!(resolution.endpoints().into_iter().collect::<Vec<_>>(), std::slice::from_ref(&endpoint));
 
     first.deregister().await.expect("deregister");
     while resolution.current().len() != 1 {

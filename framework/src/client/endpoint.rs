@@ -33,10 +33,16 @@ const EWMA_DECAY: Duration = Duration::from_secs(5);
 /// How long to wait before watching health again after the watch failed.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
+/// How fast the plain mean used for outlier detection follows samples.
+const MEAN_DECAY: Duration = Duration::from_secs(1);
+
 /// Peak-EWMA: jumps to a slower sample at once, decays toward faster ones.
+/// Also keeps a plain time-weighted mean, which noise spikes move less, for
+/// comparing endpoints with each other.
 #[derive(Debug)]
 struct Ewma {
     estimate_ns: f64,
+    mean_ns: f64,
     updated: Instant,
 }
 
@@ -50,6 +56,10 @@ impl Ewma {
 
     fn sample(&mut self, rtt: Duration, now: Instant) {
         let rtt_ns = rtt.as_nanos() as f64;
+        let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
+        // At least 5% per sample, so a burst of samples moves the mean too.
+        let keep = (-elapsed / MEAN_DECAY.as_nanos() as f64).exp().min(0.95);
+        self.mean_ns = self.mean_ns * keep + rtt_ns * (1.0 - keep);
         if rtt_ns > self.estimate_ns {
             self.estimate_ns = rtt_ns;
         } else {
@@ -68,6 +78,9 @@ pub(super) struct EndpointState {
     conn: tonic::transport::Channel,
     ewma: Mutex<Ewma>,
     in_flight: AtomicUsize,
+    /// The sum of the start times of the calls in flight (nanoseconds since
+    /// [`epoch`]), for their average age.
+    pending_since: AtomicU64,
     /// Calls sent here, shared with the channel's per-endpoint counts.
     calls: Arc<AtomicU64>,
     /// Passive health: ejected after consecutive failures, back through a probe.
@@ -94,8 +107,13 @@ impl EndpointState {
         Ok(EndpointState {
             endpoint: endpoint.clone(),
             conn,
-            ewma: Mutex::new(Ewma { estimate_ns: DEFAULT_RTT.as_nanos() as f64, updated: Instant::now() }),
+            ewma: Mutex::new(Ewma {
+                estimate_ns: DEFAULT_RTT.as_nanos() as f64,
+                mean_ns: DEFAULT_RTT.as_nanos() as f64,
+                updated: Instant::now(),
+            }),
             in_flight: AtomicUsize::new(0),
+            pending_since: AtomicU64::new(0),
             calls,
             ejection: Mutex::new(Breaker::for_endpoint()),
             serving,
@@ -103,17 +121,28 @@ impl EndpointState {
         })
     }
 
-    /// The expected cost of one more call: the decayed latency estimate
-    /// times (calls in flight + 1).
+    /// The expected cost of one more call: the latency estimate times
+    /// (calls in flight + 1). The estimate is the decayed peak-EWMA, or the
+    /// average age of the calls in flight if that is longer: an endpoint that
+    /// has stalled looks slow before its first slow answer arrives.
     pub(super) fn load(&self) -> f64 {
-        let estimate = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).decayed(Instant::now());
-        estimate * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+        let now = Instant::now();
+        let estimate = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).decayed(now);
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let pending_age = match in_flight {
+            0 => 0.0,
+            n => {
+                let average_start = self.pending_since.load(Ordering::Relaxed) as f64 / n as f64;
+                (since_epoch(now) as f64 - average_start).max(0.0)
+            }
+        };
+        estimate.max(pending_age) * (in_flight + 1) as f64
     }
 
-    /// The latency estimate as of the last answer.
-    pub(super) fn latency(&self) -> Duration {
-        let estimate = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).estimate_ns;
-        Duration::from_nanos(estimate as u64)
+    /// The plain mean latency, for comparing endpoints with each other.
+    pub(super) fn mean_latency(&self) -> Duration {
+        let mean = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).mean_ns;
+        Duration::from_nanos(mean as u64)
     }
 
     /// Whether the server last said it serves (true until it says otherwise).
@@ -129,8 +158,8 @@ impl EndpointState {
     /// Sends one request here, recording its latency until the response headers.
     pub(super) async fn call(&self, req: Request<Body>) -> Result<Response<Body>, tonic::transport::Error> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight::enter(&self.in_flight);
         let start = Instant::now();
+        let _in_flight = InFlight::enter(self, since_epoch(start));
         let result = self.conn.clone().oneshot(req).await;
         let now = Instant::now();
         self.ewma.lock().unwrap_or_else(PoisonError::into_inner).sample(now - start, now);
@@ -138,19 +167,31 @@ impl EndpointState {
     }
 }
 
+/// Nanoseconds from a fixed process-wide instant to `now`.
+fn since_epoch(now: Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Counts a call in flight until dropped, also when the call is cancelled.
-struct InFlight<'a>(&'a AtomicUsize);
+struct InFlight<'a> {
+    endpoint: &'a EndpointState,
+    started: u64,
+}
 
 impl<'a> InFlight<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        InFlight(count)
+    fn enter(endpoint: &'a EndpointState, started: u64) -> Self {
+        endpoint.pending_since.fetch_add(started, Ordering::Relaxed);
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint, started }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.pending_since.fetch_sub(self.started, Ordering::Relaxed);
     }
 }
 
@@ -192,7 +233,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn peak_ewma_jumps_up_and_decays_down() {
         let start = Instant::now();
-        let mut ewma = Ewma { estimate_ns: 1e6, updated: start };
+        let mut ewma = Ewma { estimate_ns: 1e6, mean_ns: 1e6, updated: start };
         ewma.sample(Duration::from_millis(50), start);
         assert_eq!(ewma.estimate_ns, 50e6, "a slower sample is taken at once");
         ewma.sample(Duration::from_millis(1), start + EWMA_DECAY);

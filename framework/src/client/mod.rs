@@ -62,13 +62,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const RESOLVE_RETRY: Duration = Duration::from_millis(500);
 
 /// How often endpoints far slower than their peers are looked for.
-const OUTLIER_CHECK: Duration = Duration::from_millis(500);
+const OUTLIER_CHECK: Duration = Duration::from_millis(200);
 
 /// An endpoint is a latency outlier above this multiple of the median...
-const OUTLIER_FACTOR: f64 = 5.0;
+const OUTLIER_FACTOR: f64 = 4.0;
 
 /// ...and this much above it in absolute terms.
-const OUTLIER_MARGIN: Duration = Duration::from_millis(20);
+const OUTLIER_MARGIN: Duration = Duration::from_millis(10);
 
 /// Routes a call by consistent hashing (with [`Balance::ConsistentHash`]):
 /// calls with the same key go to the same instance while it is available.
@@ -281,12 +281,14 @@ async fn eject_outliers(shared: std::sync::Weak<Shared>) {
         if rotation.len() < 3 || (rotation.len() - 1) * 2 < list.len() {
             continue;
         }
-        let mut latencies: Vec<Duration> = rotation.iter().map(|e| e.latency()).collect();
+        let mut latencies: Vec<Duration> = rotation.iter().map(|e| e.mean_latency()).collect();
         latencies.sort_unstable();
         let median = latencies[latencies.len() / 2];
         let limit = median.mul_f64(OUTLIER_FACTOR).max(median + OUTLIER_MARGIN);
-        if let Some(slowest) = rotation.iter().max_by_key(|e| e.latency()).filter(|e| e.latency() > limit) {
-            let reason = format!("latency {:?} is far above the median {median:?}", slowest.latency());
+        let slowest = rotation.iter().max_by_key(|e| e.mean_latency()).filter(|e| e.mean_latency() > limit);
+        if let Some(slowest) = slowest {
+            let reason =
+                format!("mean latency {:?} is far above the median {median:?}", slowest.mean_latency());
             tracing::info!(service = shared.service.name(), endpoint = %slowest.endpoint, "ejecting: {reason}");
             slowest
                 .ejection

@@ -15,6 +15,9 @@ use trellis::Registry;
 #[derive(Debug)]
 struct Instance {
     label: String,
+    service: &'static str,
+    index: u16,
+    args: Vec<String>,
     addr: SocketAddr,
     child: Child,
 }
@@ -22,10 +25,15 @@ struct Instance {
 /// The services the demo started.
 #[derive(Debug)]
 pub(crate) struct Cluster {
+    dir: std::path::PathBuf,
     payment: Vec<Instance>,
     shipping: Vec<Instance>,
     status: Instance,
     registry: Registry,
+    /// Every address an instance has listened on, with its label.
+    labels: std::collections::HashMap<trellis::registry::Endpoint, String>,
+    /// How many kills `chaos` has done.
+    kills: usize,
 }
 
 impl Cluster {
@@ -46,14 +54,42 @@ impl Cluster {
                 .push(spawn(dir, "order-shipping", i, &["--registry", &url, "--set", &shipping_db]).await?);
         }
         let status = spawn(dir, "order-status", 1, &["--registry", &url]).await?;
-        Ok(Cluster { payment, shipping, status, registry })
+        let labels = payment
+            .iter()
+            .chain(&shipping)
+            .chain(std::iter::once(&status))
+            .map(|i| (i.addr.into(), i.label.clone()))
+            .collect();
+        Ok(Cluster { dir: dir.to_owned(), payment, shipping, status, registry, labels, kills: 0 })
     }
 
-    /// The label of the instance listening at `endpoint`.
+    /// The label of the instance that listened at `endpoint`.
     pub(crate) fn label_of(&self, endpoint: &trellis::registry::Endpoint) -> String {
-        self.instances()
-            .find(|i| trellis::registry::Endpoint::from(i.addr) == *endpoint)
-            .map_or_else(|| endpoint.to_string(), |i| i.label.clone())
+        self.labels.get(endpoint).cloned().unwrap_or_else(|| endpoint.to_string())
+    }
+
+    /// Kills the next payment or shipping instance with SIGKILL, waits
+    /// `down`, and starts it again (on a new port). Returns what happened.
+    pub(crate) async fn kill_and_restart(&mut self, down: Duration) -> Result<String, String> {
+        let victims = self.payment.len() + self.shipping.len();
+        let n = self.kills % victims;
+        self.kills += 1;
+        let instance = if n < self.payment.len() {
+            &mut self.payment[n]
+        } else {
+            &mut self.shipping[n - self.payment.len()]
+        };
+        let old = instance.addr;
+        let _ = instance.child.start_kill();
+        let _ = instance.child.wait().await;
+        tokio::time::sleep(down).await;
+        let args: Vec<&str> = instance.args.iter().map(String::as_str).collect();
+        let restarted = spawn(&self.dir, instance.service, instance.index, &args).await?;
+        let message =
+            format!("chaos: killed {} at {old} (SIGKILL), restarted at {}", restarted.label, restarted.addr);
+        self.labels.insert(restarted.addr.into(), restarted.label.clone());
+        *instance = restarted;
+        Ok(message)
     }
 
     /// The registry that names every instance.
@@ -96,7 +132,7 @@ impl Cluster {
 
 /// Starts `service` (this binary, in multi-call mode) on a free port and
 /// waits for it to log its address. Its log goes to `dir/<label>.log`.
-async fn spawn(dir: &Path, service: &str, index: u16, args: &[&str]) -> Result<Instance, String> {
+async fn spawn(dir: &Path, service: &'static str, index: u16, args: &[&str]) -> Result<Instance, String> {
     let label = format!("{service}-{index}");
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
     let mut child = Command::new(exe)
@@ -144,5 +180,6 @@ async fn spawn(dir: &Path, service: &str, index: u16, args: &[&str]) -> Result<I
         .map_err(|_| format!("{label} did not start within 20s; see {}", log_path.display()))?
         .map_err(|_| format!("{label} exited at start; see {}", log_path.display()))?;
     let addr = addr.parse().map_err(|e| format!("{label} logged a bad address `{addr}`: {e}"))?;
-    Ok(Instance { label, addr, child })
+    let args = args.iter().map(|a| (*a).to_owned()).collect();
+    Ok(Instance { label, service, index, args, addr, child })
 }

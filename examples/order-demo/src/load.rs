@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use order_payment::proto::order::payment::v1::{OrderPaymentClient, PayRequest};
 use order_shipping::proto::order::shipping::v1::{Address, OrderShippingClient, ShipRequest};
 use order_status::proto::order::status::v1::{GetStatusRequest, OrderState, OrderStatusClient};
@@ -21,8 +21,16 @@ pub(crate) struct Summary {
     errors: Vec<String>,
     latencies: Vec<Duration>,
     elapsed: Duration,
-    /// Calls each instance received from the demo, by label.
+    /// Attempts each endpoint received from the demo's clients.
+    pub(crate) per_endpoint: Vec<(trellis::registry::Endpoint, u64)>,
+    /// The same, by instance label (filled in by the caller).
     pub(crate) per_instance: Vec<(String, u64)>,
+    /// Pay or Ship calls sent again with their idempotency key after an
+    /// ambiguous failure (the instance died mid-call).
+    repeated_by_key: u64,
+    retries: u64,
+    ejections: u64,
+    breaker_trips: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -34,11 +42,11 @@ struct Clients {
     channels: [trellis::codegen::Channel; 3],
 }
 
-/// Places `orders` orders, `concurrency` at a time, until done or `stop`.
-/// `label` names the instance at an endpoint.
+/// Places `orders` orders, `concurrency` at a time, until done or `stop`,
+/// showing progress on `bar`.
 pub(crate) async fn place_orders(
     registry: &Registry,
-    label: impl Fn(&trellis::registry::Endpoint) -> String,
+    bar: ProgressBar,
     orders: u64,
     concurrency: usize,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -50,12 +58,6 @@ pub(crate) async fn place_orders(
         }
     };
     let run = std::process::id();
-    let bar = ProgressBar::new(orders);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} orders {per_sec} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
     let next = Arc::new(AtomicU64::new(0));
     let summary = Arc::new(Mutex::new(Summary::default()));
     let start = Instant::now();
@@ -74,7 +76,8 @@ pub(crate) async fn place_orders(
                     let mut summary = summary.lock().await;
                     summary.placed += 1;
                     match result {
-                        Ok(()) => {
+                        Ok(repeated) => {
+                            summary.repeated_by_key += repeated;
                             summary.succeeded += 1;
                             summary.latencies.push(began.elapsed());
                         }
@@ -97,13 +100,13 @@ pub(crate) async fn place_orders(
     bar.finish();
     let mut summary = std::mem::take(&mut *summary.lock().await);
     summary.elapsed = start.elapsed();
-    summary.per_instance = clients
-        .channels
-        .iter()
-        .flat_map(|channel| channel.calls_per_endpoint())
-        .map(|(endpoint, calls)| (label(&endpoint), calls))
-        .collect();
-    summary.per_instance.sort();
+    for channel in &clients.channels {
+        let stats = channel.stats();
+        summary.per_endpoint.extend(stats.calls_per_endpoint);
+        summary.retries += stats.retries;
+        summary.ejections += stats.ejections;
+        summary.breaker_trips += stats.breaker_trips;
+    }
     summary
 }
 
@@ -126,40 +129,76 @@ fn connect(registry: &Registry) -> Result<Clients, trellis::Error> {
 }
 
 /// Pays, ships, and checks that the status service sees the order shipped.
-async fn place_one(clients: &Clients, order_id: &str) -> Result<(), String> {
-    let Clients { mut payment, mut shipping, mut status, .. } = clients.clone();
-    payment
-        .pay(PayRequest {
-            order_id: order_id.to_owned(),
-            amount_minor: 1999,
-            currency: "EUR".to_owned(),
-            idempotency_key: format!("{order_id}-pay"),
-        })
-        .await
-        .map_err(|s| format!("{order_id}: Pay: {}: {}", s.code(), s.message()))?;
-    shipping
-        .ship(ShipRequest {
-            order_id: order_id.to_owned(),
-            address: Some(Address {
-                name: "Ada Lovelace".to_owned(),
-                line1: "12 St James's Square".to_owned(),
-                city: "London".to_owned(),
-                postal_code: "SW1Y 4JH".to_owned(),
-                country: "GB".to_owned(),
-                ..Address::default()
-            }),
-            idempotency_key: format!("{order_id}-ship"),
-        })
-        .await
-        .map_err(|s| format!("{order_id}: Ship: {}: {}", s.code(), s.message()))?;
+/// Returns how many writes had to be sent again with their idempotency key.
+async fn place_one(clients: &Clients, order_id: &str) -> Result<u64, String> {
+    let Clients { payment, shipping, mut status, .. } = clients.clone();
+    let mut repeated = 0;
+    let pay = PayRequest {
+        order_id: order_id.to_owned(),
+        amount_minor: 1999,
+        currency: "EUR".to_owned(),
+        idempotency_key: format!("{order_id}-pay"),
+    };
+    by_key(&mut repeated, || {
+        let (mut payment, pay) = (payment.clone(), pay.clone());
+        async move { payment.pay(pay).await }
+    })
+    .await
+    .map_err(|s| format!("{order_id}: Pay: {}: {}", s.code(), s.message()))?;
+    let ship = ShipRequest {
+        order_id: order_id.to_owned(),
+        address: Some(Address {
+            name: "Ada Lovelace".to_owned(),
+            line1: "12 St James's Square".to_owned(),
+            city: "London".to_owned(),
+            postal_code: "SW1Y 4JH".to_owned(),
+            country: "GB".to_owned(),
+            ..Address::default()
+        }),
+        idempotency_key: format!("{order_id}-ship"),
+    };
+    by_key(&mut repeated, || {
+        let (mut shipping, ship) = (shipping.clone(), ship.clone());
+        async move { shipping.ship(ship).await }
+    })
+    .await
+    .map_err(|s| format!("{order_id}: Ship: {}: {}", s.code(), s.message()))?;
     let report = status
         .get_status(GetStatusRequest { order_id: order_id.to_owned() })
         .await
         .map_err(|s| format!("{order_id}: GetStatus: {}: {}", s.code(), s.message()))?
         .into_inner();
     match report.state() {
-        OrderState::Shipped => Ok(()),
+        OrderState::Shipped => Ok(repeated),
         other => Err(format!("{order_id}: GetStatus says {other:?}, expected Shipped")),
+    }
+}
+
+/// Sends a write until it is acknowledged, repeating it with the same
+/// idempotency key after an ambiguous failure (the instance may have died
+/// mid-call): the key makes the repeat safe, so nothing is charged twice.
+async fn by_key<T, F, Fut>(repeated: &mut u64, mut send: F) -> Result<T, trellis::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, trellis::Status>>,
+{
+    const MAX_REPEATS: u64 = 20;
+    let mut attempts = 0;
+    loop {
+        match send().await {
+            Err(status)
+                if attempts < MAX_REPEATS
+                    && matches!(
+                        status.code(),
+                        trellis::Code::Unavailable | trellis::Code::DeadlineExceeded
+                    ) =>
+            {
+                attempts += 1;
+                *repeated += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => return result,
+        }
     }
 }
 
@@ -186,6 +225,12 @@ impl fmt::Display for Summary {
             percentile(&sorted, 50.0),
             percentile(&sorted, 99.0)
         )?;
+        writeln!(
+            f,
+            "client stack     {} retries, {} ejections, {} breaker trips",
+            self.retries, self.ejections, self.breaker_trips
+        )?;
+        writeln!(f, "writes repeated with their idempotency key  {}", self.repeated_by_key)?;
         writeln!(f, "calls per instance (from the demo's clients)")?;
         for (instance, calls) in &self.per_instance {
             writeln!(f, "  {instance:<18} {calls}")?;

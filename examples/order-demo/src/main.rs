@@ -9,9 +9,11 @@ mod cluster;
 mod load;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Runs the order services together and places orders through them.
 #[derive(Debug, Parser)]
@@ -29,6 +31,10 @@ struct Args {
     /// Where the services keep their databases and logs [default: a new temporary directory].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
+    /// While orders flow, kill a payment or shipping instance with SIGKILL
+    /// every 2 seconds, and restart it half a second later.
+    #[arg(long)]
+    chaos: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,16 +80,47 @@ async fn run(args: Args) -> Result<load::Summary, String> {
     println!("order-demo: data and logs in {}", dir.display());
     let cluster = cluster::Cluster::start(&dir, args.instances).await?;
     println!("{}", cluster.describe());
+    let registry = cluster.registry().clone();
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
 
+    let bar = ProgressBar::new(args.orders);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} orders {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     let stop = ctrl_c_pressed();
-    let summary =
-        load::place_orders(cluster.registry(), |e| cluster.label_of(e), args.orders, args.concurrency, stop)
-            .await;
+    let chaos = args.chaos.then(|| tokio::spawn(chaos(cluster.clone(), bar.clone())));
+    let mut summary = load::place_orders(&registry, bar, args.orders, args.concurrency, stop).await;
+    if let Some(chaos) = chaos {
+        chaos.abort();
+        let _ = chaos.await;
+    }
+    let cluster = Arc::into_inner(cluster).ok_or("the chaos task still holds the cluster")?.into_inner();
+    let mut per_instance = std::collections::BTreeMap::new();
+    for (endpoint, calls) in &summary.per_endpoint {
+        *per_instance.entry(cluster.label_of(endpoint)).or_insert(0) += calls;
+    }
+    summary.per_instance = per_instance.into_iter().collect();
     println!("\n{summary}");
 
     println!("stopping the services (SIGTERM, graceful drain)...");
     cluster.stop(Duration::from_secs(15)).await;
     Ok(summary)
+}
+
+/// Kills and restarts an instance every two seconds.
+async fn chaos(cluster: Arc<tokio::sync::Mutex<cluster::Cluster>>, bar: ProgressBar) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let result = cluster.lock().await.kill_and_restart(Duration::from_millis(500)).await;
+        // `suspend` prints whether or not the bar is drawn (it is not when
+        // the output is not a terminal).
+        match result {
+            Ok(message) => bar.suspend(|| println!("{message}")),
+            Err(err) => bar.suspend(|| println!("chaos: {err}")),
+        }
+    }
 }
 
 /// Turns true when the user presses Ctrl-C.

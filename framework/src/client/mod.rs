@@ -371,43 +371,77 @@ impl Shared {
         }
         let key = parts.extensions.get::<HashKey>().map(|k| k.0);
         // A single-message request is kept, so it can be sent again.
-        let mut body = if replayable {
+        let body = if replayable {
             let bytes =
                 body.collect().await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
             Payload::Replayable(bytes.to_bytes())
         } else {
             Payload::Once(Some(body))
         };
+        // The breaker judges calls, after retries: one failing instance is
+        // the ejection's business, a failing service is the breaker's.
         let breaker = self.breakers.of(self.method_key(&path));
+        let admit = breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now());
+        let mut probe = match admit {
+            Admit::Call => BreakerProbe::none(),
+            Admit::Probe => BreakerProbe::new(&breaker),
+            Admit::Refuse { retry_in, last_failure } => {
+                return Err(Status::unavailable(format!(
+                    "{path}: circuit open for {}: calls keep failing ({last_failure}); next try in {retry_in:?}",
+                    self.service.name()
+                )));
+            }
+        };
+        let outcome = self.attempts(&path, &parts, body, retry_safe, key, deadline, timeout).await;
+        probe.done();
+        let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(response) => {
+                breaker.succeeded();
+                Ok(response)
+            }
+            Err(CallFailure { status, target }) => {
+                if target {
+                    let was_closed = !breaker.is_open();
+                    breaker.failed(Instant::now(), status.message());
+                    if was_closed && breaker.is_open() {
+                        tracing::warn!(service = self.service.name(), "circuit opened: {}", status.message());
+                        self.breakers.tripped();
+                    }
+                } else {
+                    breaker.abandoned();
+                }
+                Err(status)
+            }
+        }
+    }
+
+    /// Sends the call, and again to other endpoints where that is safe. See
+    /// the [module docs](self).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        path: &str,
+        parts: &http::request::Parts,
+        mut body: Payload,
+        retry_safe: bool,
+        key: Option<u64>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Response<Body>, CallFailure> {
         let mut rng = fastrand::Rng::new();
         let mut tried: Vec<Arc<EndpointState>> = Vec::new();
         self.budget.deposit();
-
         for attempt in 1..=MAX_ATTEMPTS {
-            let admit = breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now());
-            let mut probe = match admit {
-                Admit::Call => BreakerProbe::none(),
-                Admit::Probe => BreakerProbe::new(&breaker),
-                Admit::Refuse { retry_in, last_failure } => {
-                    return Err(Status::unavailable(format!(
-                        "{path}: circuit open for {}: it keeps failing ({last_failure}); next try in {retry_in:?}",
-                        self.service.name()
-                    )));
-                }
-            };
             let Some(pick) = self.pick(&tried, key, deadline, &mut rng).await else {
-                return Err(Status::deadline_exceeded(format!(
-                    "{path}: deadline of {timeout:?} passed: {}",
-                    self.nowhere()
-                )));
+                let message = format!("{path}: deadline of {timeout:?} passed: {}", self.nowhere());
+                return Err(CallFailure { status: Status::deadline_exceeded(message), target: false });
             };
-            let mut request = Request::from_parts(parts.clone(), Body::empty());
-            *request.body_mut() = match body.take() {
-                Some(body) => body,
-                None => {
-                    return Err(Status::internal(format!("{path}: the request stream cannot be sent twice")));
-                }
+            let Some(payload) = body.take() else {
+                let message = format!("{path}: the request stream cannot be sent twice");
+                return Err(CallFailure { status: Status::internal(message), target: false });
             };
+            let mut request = Request::from_parts(parts.clone(), payload);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
                 request.headers_mut().insert(GRPC_TIMEOUT, value);
@@ -419,7 +453,8 @@ impl Shared {
             let failure = match tokio::time::timeout_at(deadline, endpoint.call(request)).await {
                 Ok(Ok(response)) => match retry::failure_in_headers(response.headers()) {
                     None => {
-                        self.succeeded(endpoint, &breaker, &mut probe, &mut endpoint_probe);
+                        endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+                        endpoint_probe.done();
                         return Ok(response);
                     }
                     Some(failure) => failure,
@@ -440,27 +475,31 @@ impl Shared {
                         self.service.name(),
                         endpoint.endpoint
                     );
-                    self.failed(endpoint, &breaker, &mut probe, &mut endpoint_probe, &message);
-                    return Err(Status::deadline_exceeded(message));
+                    self.endpoint_failed(endpoint, &message);
+                    endpoint_probe.done();
+                    return Err(CallFailure { status: Status::deadline_exceeded(message), target: true });
                 }
             };
-            self.failed(endpoint, &breaker, &mut probe, &mut endpoint_probe, failure.status.message());
+            self.endpoint_failed(endpoint, failure.status.message());
+            endpoint_probe.done();
+            let give_up = |status| Err(CallFailure { status, target: true });
             if !failure.retryable(retry_safe) || attempt == MAX_ATTEMPTS || !body.replayable() {
-                return Err(failure.status);
+                return give_up(failure.status);
             }
             if !self.budget.withdraw() {
                 self.retries_over_budget.fetch_add(1, Ordering::Relaxed);
-                return Err(with_note(failure.status, "not retried: the retry budget is spent"));
+                return give_up(with_note(failure.status, "not retried: the retry budget is spent"));
             }
             let backoff = failure.backoff(attempt, &mut rng);
             if Instant::now() + backoff >= deadline {
-                return Err(with_note(failure.status, "not retried: no time left before the deadline"));
+                return give_up(with_note(failure.status, "not retried: no time left before the deadline"));
             }
             self.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;
             tried.push(Arc::clone(&pick.endpoint));
         }
-        Err(Status::internal(format!("{path}: no attempt was made")))
+        let status = Status::internal(format!("{path}: no attempt was made"));
+        Err(CallFailure { status, target: false })
     }
 
     /// The `'static` path of `path` in the descriptor (unknown paths share one key).
@@ -468,50 +507,23 @@ impl Shared {
         self.methods.get_key_value(path).map_or("(unknown method)", |(k, _)| k)
     }
 
-    /// Records an answer: the endpoint and the method's breaker are healthy.
-    fn succeeded(
-        &self,
-        endpoint: &EndpointState,
-        breaker: &Mutex<breaker::Breaker>,
-        probe: &mut BreakerProbe<'_>,
-        endpoint_probe: &mut BreakerProbe<'_>,
-    ) {
-        endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
-        breaker.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
-        probe.done();
-        endpoint_probe.done();
+    /// Records a failure of one endpoint, ejecting it after several.
+    fn endpoint_failed(&self, endpoint: &EndpointState, failure: &str) {
+        let mut ejection = endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_in = ejection.is_closed();
+        ejection.failed(Instant::now(), failure);
+        if was_in && !ejection.is_closed() {
+            tracing::info!(service = self.service.name(), endpoint = %endpoint.endpoint, "ejecting: {failure}");
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+        }
     }
+}
 
-    /// Records a failure of the target on the endpoint (ejecting it after
-    /// several) and on the method's breaker (opening it after several).
-    fn failed(
-        &self,
-        endpoint: &EndpointState,
-        breaker: &Mutex<breaker::Breaker>,
-        probe: &mut BreakerProbe<'_>,
-        endpoint_probe: &mut BreakerProbe<'_>,
-        failure: &str,
-    ) {
-        let now = Instant::now();
-        {
-            let mut ejection = endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner);
-            let was_in = ejection.is_closed();
-            ejection.failed(now, failure);
-            if was_in && !ejection.is_closed() {
-                tracing::info!(service = self.service.name(), endpoint = %endpoint.endpoint, "ejecting: {failure}");
-                self.ejections.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        probe.done();
-        endpoint_probe.done();
-        let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
-        let was_closed = !breaker.is_open();
-        breaker.failed(now, failure);
-        if was_closed && breaker.is_open() {
-            tracing::warn!(service = self.service.name(), "circuit opened: {failure}");
-            self.breakers.tripped();
-        }
-    }
+/// How a call failed, and whether that says the target service is failing
+/// (which the circuit breaker counts).
+struct CallFailure {
+    status: Status,
+    target: bool,
 }
 
 fn with_note(status: Status, note: &str) -> Status {

@@ -212,7 +212,7 @@ impl Context {
         let file = matches.get_one::<PathBuf>("config");
         let layers = Layers::load(file.map(PathBuf::as_path), flags)?;
         let config = layers.config()?;
-        let registry = Registry::from_url(&config.registry)?;
+        let registry = Registry::from_url(&config.registry)?.with_clients(config.clients.clone());
         Ok(Context { name, version, config, layers, registry })
     }
 

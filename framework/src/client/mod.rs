@@ -55,7 +55,8 @@ use crate::descriptor::{ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error};
 use crate::registry::{AbortOnDrop, Endpoint, Registry};
 
-/// The deadline of a call that sets none of its own.
+/// The deadline of a call that sets none of its own, unless the method's
+/// configuration says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long to wait before resolving again after the registry failed.
@@ -125,9 +126,8 @@ struct Shared {
     service: &'static ServiceDescriptor,
     registry: String,
     balance: Balance,
-    /// Per method path: whether it may be retried after reaching a handler,
-    /// and whether its request can be sent again (a single message).
-    methods: HashMap<&'static str, (bool, bool)>,
+    /// Per method path: its policy, with the configuration's overrides.
+    methods: HashMap<&'static str, MethodSettings>,
     endpoints: balance::Endpoints,
     /// Bumped on every change of endpoints, to wake calls waiting for one.
     changed: watch::Receiver<u64>,
@@ -154,7 +154,8 @@ impl Channel {
         Self::with_balance(registry, service, Balance::default())
     }
 
-    /// [`discover`](Self::discover), with another balancing strategy.
+    /// [`discover`](Self::discover), with another balancing strategy
+    /// (which a `balance` in the registry's client settings overrides).
     ///
     /// # Errors
     ///
@@ -167,12 +168,20 @@ impl Channel {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime("Channel::discover"));
         }
+        let config = registry.client_config(service.name());
+        let balance = config.balance.unwrap_or(balance);
         let methods = service
             .methods()
             .iter()
             .map(|m| {
-                let replayable = matches!(m.kind(), StreamingKind::Unary | StreamingKind::ServerStreaming);
-                (m.path(), (m.idempotency().is_retry_safe(), replayable))
+                let overrides = config.methods.get(m.name()).copied().unwrap_or_default();
+                let settings = MethodSettings {
+                    retry_safe: m.idempotency().is_retry_safe(),
+                    replayable: matches!(m.kind(), StreamingKind::Unary | StreamingKind::ServerStreaming),
+                    timeout: overrides.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                    max_attempts: overrides.max_attempts.unwrap_or(MAX_ATTEMPTS).max(1),
+                };
+                (m.path(), settings)
             })
             .collect();
         let (bump, changed) = watch::channel(0);
@@ -358,11 +367,11 @@ impl Shared {
     async fn call(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, Status> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
-        let (retry_safe, replayable) = self.methods.get(path.as_str()).copied().unwrap_or((false, true));
+        let method = self.methods.get(path.as_str()).copied().unwrap_or(MethodSettings::UNKNOWN);
         let own = parts.headers.get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
         let start = Instant::now();
-        let deadline =
-            outbound_deadline(Some(own.unwrap_or(DEFAULT_TIMEOUT))).unwrap_or(start + DEFAULT_TIMEOUT);
+        let own = own.unwrap_or(method.timeout);
+        let deadline = outbound_deadline(Some(own)).unwrap_or(start + own);
         let timeout = deadline.saturating_duration_since(start);
         if timeout.is_zero() {
             return Err(Status::deadline_exceeded(format!(
@@ -371,7 +380,7 @@ impl Shared {
         }
         let key = parts.extensions.get::<HashKey>().map(|k| k.0);
         // A single-message request is kept, so it can be sent again.
-        let body = if replayable {
+        let body = if method.replayable {
             let bytes =
                 body.collect().await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
             Payload::Replayable(bytes.to_bytes())
@@ -392,7 +401,7 @@ impl Shared {
                 )));
             }
         };
-        let outcome = self.attempts(&path, &parts, body, retry_safe, key, deadline, timeout).await;
+        let outcome = self.attempts(&path, &parts, body, method, key, deadline, timeout).await;
         probe.done();
         let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
         match outcome {
@@ -424,7 +433,7 @@ impl Shared {
         path: &str,
         parts: &http::request::Parts,
         mut body: Payload,
-        retry_safe: bool,
+        method: MethodSettings,
         key: Option<u64>,
         deadline: Instant,
         timeout: Duration,
@@ -432,7 +441,7 @@ impl Shared {
         let mut rng = fastrand::Rng::new();
         let mut tried: Vec<Arc<EndpointState>> = Vec::new();
         self.budget.deposit();
-        for attempt in 1..=MAX_ATTEMPTS {
+        for attempt in 1..=method.max_attempts {
             let Some(pick) = self.pick(&tried, key, deadline, &mut rng).await else {
                 let message = format!("{path}: deadline of {timeout:?} passed: {}", self.nowhere());
                 return Err(CallFailure { status: Status::deadline_exceeded(message), target: false });
@@ -483,7 +492,7 @@ impl Shared {
             self.endpoint_failed(endpoint, failure.status.message());
             endpoint_probe.done();
             let give_up = |status| Err(CallFailure { status, target: true });
-            if !failure.retryable(retry_safe) || attempt == MAX_ATTEMPTS || !body.replayable() {
+            if !failure.retryable(method.retry_safe) || attempt == method.max_attempts || !body.replayable() {
                 return give_up(failure.status);
             }
             if !self.budget.withdraw() {
@@ -517,6 +526,29 @@ impl Shared {
             self.ejections.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// How a channel treats one method.
+#[derive(Debug, Clone, Copy)]
+struct MethodSettings {
+    /// Whether it may be retried after reaching a handler (from the proto).
+    retry_safe: bool,
+    /// Whether its request can be sent again (a single message).
+    replayable: bool,
+    /// The deadline of a call that sets none.
+    timeout: Duration,
+    /// Attempts, the first included.
+    max_attempts: u32,
+}
+
+impl MethodSettings {
+    /// For methods missing from the descriptor.
+    const UNKNOWN: MethodSettings = MethodSettings {
+        retry_safe: false,
+        replayable: true,
+        timeout: DEFAULT_TIMEOUT,
+        max_attempts: MAX_ATTEMPTS,
+    };
 }
 
 /// How a call failed, and whether that says the target service is failing

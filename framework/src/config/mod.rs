@@ -15,6 +15,9 @@
 //! | `shutdown.propagation_delay` | `1s` | `[shutdown] propagation_delay = "2s"` | `TRELLIS_SHUTDOWN__PROPAGATION_DELAY` | `--set` |
 //! | `shutdown.drain_timeout` | `10s` | `[shutdown] drain_timeout = "30s"` | `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` | `--set` |
 //! | `server.max_concurrent_calls` | `1024` | `[server] max_concurrent_calls = 256` | `TRELLIS_SERVER__MAX_CONCURRENT_CALLS` | `--set` |
+//! | `clients."SERVICE".balance` | `peak_ewma` | `[clients."pkg.Svc"] balance = "round_robin"` | file only | file only |
+//! | `clients."SERVICE".methods.METHOD.timeout` | 10 s | `timeout = "500ms"` | file only | file only |
+//! | `clients."SERVICE".methods.METHOD.max_attempts` | 3 | `max_attempts = 1` | file only | file only |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
 //! | `faults.unavailable` | `false` | `[faults] unavailable = true` | `TRELLIS_FAULTS__UNAVAILABLE` | `--set` |
 //!
@@ -22,10 +25,13 @@
 //! `[payment]`, `TRELLIS_PAYMENT__DATABASE`), read with
 //! [`Context::section`](crate::Context::section). A double underscore in an
 //! environment variable separates a section from its key. `--set KEY=VALUE`
-//! sets any key from the command line.
+//! sets any key from the command line. Client settings are keyed by full
+//! service names, which contain dots, so they are set in the file (see
+//! [`ClientConfig`]).
 
 mod duration;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -62,6 +68,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Server limits.
     pub server: ServerConfig,
+    /// Client settings per called service, by full service name:
+    /// `[clients."order.payment.v1.OrderPayment"]`.
+    pub clients: BTreeMap<String, ClientConfig>,
     /// Injected faults, for chaos tests.
     pub faults: FaultsConfig,
 }
@@ -76,6 +85,7 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             server: ServerConfig::default(),
+            clients: BTreeMap::new(),
             faults: FaultsConfig::default(),
         }
     }
@@ -142,6 +152,36 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { propagation_delay: Duration::from_secs(1), drain_timeout: Duration::from_secs(10) }
     }
+}
+
+/// How this service calls one other service. Overrides what the proto says.
+///
+/// ```toml
+/// [clients."order.payment.v1.OrderPayment"]
+/// balance = "round_robin"            # peak_ewma (default), round_robin, consistent_hash
+///
+/// [clients."order.payment.v1.OrderPayment".methods.GetPayment]
+/// timeout = "500ms"                  # the call's default deadline
+/// max_attempts = 2                   # attempts when retrying is safe, the first included
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// How calls are spread over the instances.
+    pub balance: Option<crate::client::Balance>,
+    /// Per-method overrides, by method name as in the proto.
+    pub methods: BTreeMap<String, MethodConfig>,
+}
+
+/// Overrides for one method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MethodConfig {
+    /// The default deadline of a call.
+    #[serde(with = "duration::optional")]
+    pub timeout: Option<Duration>,
+    /// Attempts when retrying is safe, the first included (1 disables retries).
+    pub max_attempts: Option<u32>,
 }
 
 /// Server limits.
@@ -290,5 +330,38 @@ mod listen_addr {
                  127.0.0.1:50051, 0.0.0.0:8080 or [::]:0 (port 0 picks a free port)"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trellis.toml");
+        std::fs::write(&path, toml).unwrap();
+        Layers::load(Some(&path), Vec::new())?.config()
+    }
+
+    #[test]
+    fn client_settings_come_from_the_file() {
+        let config = load(
+            "[clients.\"order.payment.v1.OrderPayment\"]\nbalance = \"round_robin\"\n\
+             [clients.\"order.payment.v1.OrderPayment\".methods.GetPayment]\ntimeout = \"250ms\"\nmax_attempts = 2\n",
+        )
+        .unwrap();
+        let client = &config.clients["order.payment.v1.OrderPayment"];
+        assert_eq!(client.balance, Some(crate::client::Balance::RoundRobin));
+        let method = client.methods["GetPayment"];
+        assert_eq!((method.timeout, method.max_attempts), (Some(Duration::from_millis(250)), Some(2)));
+    }
+
+    #[test]
+    fn bad_client_settings_name_the_key_and_the_choices() {
+        let err = load("[clients.\"a.v1.A\"]\nbalance = \"random\"\n").unwrap_err().to_string();
+        assert!(err.contains("balance") && err.contains("random") && err.contains("`round_robin`"), "{err}");
+        let err = load("[clients.\"a.v1.A\".methods.M]\ntimeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("timeout") && err.contains("soon") && err.contains("trellis.toml"), "{err}");
     }
 }

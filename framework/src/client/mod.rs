@@ -25,6 +25,7 @@
 mod balance;
 mod breaker;
 mod endpoint;
+mod hash_field;
 mod retry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -101,6 +102,8 @@ pub struct ChannelStats {
     pub ejections: u64,
     /// Times a method's circuit breaker opened.
     pub breaker_trips: u64,
+    /// Hedged attempts sent while an earlier attempt was still in flight.
+    pub hedges: u64,
 }
 
 /// A channel to the instances of one service. Cheap to clone; clones share
@@ -133,6 +136,9 @@ struct Shared {
     changed: watch::Receiver<u64>,
     breakers: Breakers,
     budget: RetryBudget,
+    /// Caps the extra load hedging adds: 10% of calls plus 1 per second.
+    hedge_budget: RetryBudget,
+    hedges: AtomicU64,
     calls: Mutex<BTreeMap<Endpoint, Arc<AtomicU64>>>,
     retries: AtomicU64,
     retries_over_budget: AtomicU64,
@@ -180,6 +186,7 @@ impl Channel {
                     replayable: matches!(m.kind(), StreamingKind::Unary | StreamingKind::ServerStreaming),
                     timeout: overrides.timeout.unwrap_or(DEFAULT_TIMEOUT),
                     max_attempts: overrides.max_attempts.unwrap_or(MAX_ATTEMPTS).max(1),
+                    hedge: None,
                 };
                 (m.path(), settings)
             })
@@ -194,6 +201,8 @@ impl Channel {
             changed,
             breakers: Breakers::default(),
             budget: RetryBudget::default(),
+            hedge_budget: RetryBudget::new(0.1, 1),
+            hedges: AtomicU64::new(0),
             calls: Mutex::new(BTreeMap::new()),
             retries: AtomicU64::new(0),
             retries_over_budget: AtomicU64::new(0),
@@ -229,6 +238,7 @@ impl Channel {
             retries_over_budget: self.shared.retries_over_budget.load(Ordering::Relaxed),
             ejections: self.shared.ejections.load(Ordering::Relaxed),
             breaker_trips: self.shared.breakers.trips(),
+            hedges: self.shared.hedges.load(Ordering::Relaxed),
         }
     }
 }
@@ -401,7 +411,12 @@ impl Shared {
                 )));
             }
         };
-        let outcome = self.attempts(&path, &parts, body, method, key, deadline, timeout).await;
+        let outcome = match (method.hedge, body) {
+            (Some(hedge), Payload::Replayable(bytes)) if method.retry_safe => {
+                self.hedged(&path, &parts, bytes, hedge, key, deadline, timeout).await
+            }
+            (_, body) => self.attempts(&path, &parts, body, method, key, deadline, timeout).await,
+        };
         probe.done();
         let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
         match outcome {
@@ -511,6 +526,112 @@ impl Shared {
         Err(CallFailure { status, target: false })
     }
 
+    /// Sends a hedged call: an attempt, then, while none has answered, another
+    /// to another instance every `delay`, at most `max` in flight, within the
+    /// hedge budget; the first answer wins and the others are cancelled. A
+    /// failed attempt is replaced at once by one to another instance.
+    #[allow(clippy::too_many_arguments)]
+    async fn hedged(
+        &self,
+        path: &str,
+        parts: &http::request::Parts,
+        body: Bytes,
+        (delay, max): (Duration, u32),
+        key: Option<u64>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Response<Body>, CallFailure> {
+        let mut rng = fastrand::Rng::new();
+        let mut tried: Vec<Arc<EndpointState>> = Vec::new();
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut last_failure: Option<Status> = None;
+        let mut next_launch = Instant::now();
+        self.hedge_budget.deposit();
+        loop {
+            let may_launch = (in_flight.len() as u32) < max && (tried.len() as u32) < max + MAX_ATTEMPTS;
+            if may_launch && Instant::now() >= next_launch {
+                let hedge = !in_flight.is_empty();
+                let pick = if in_flight.is_empty() {
+                    self.pick(&tried, key, deadline, &mut rng).await
+                } else if self.hedge_budget.withdraw() {
+                    self.endpoints.pick(self.balance, &tried, key, &mut rng)
+                } else {
+                    None
+                };
+                match pick {
+                    Some(pick) => {
+                        if hedge {
+                            self.hedges.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let mut request = Request::from_parts(
+                            parts.clone(),
+                            Body::new(http_body_util::Full::new(body.clone())),
+                        );
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
+                            request.headers_mut().insert(GRPC_TIMEOUT, value);
+                        }
+                        tried.push(Arc::clone(&pick.endpoint));
+                        in_flight.push(attempt(pick, request));
+                    }
+                    None if in_flight.is_empty() => {
+                        let status = last_failure.unwrap_or_else(|| {
+                            Status::deadline_exceeded(format!(
+                                "{path}: deadline of {timeout:?} passed: {}",
+                                self.nowhere()
+                            ))
+                        });
+                        return Err(CallFailure { status, target: true });
+                    }
+                    None => {}
+                }
+                next_launch = Instant::now() + delay;
+            }
+            tokio::select! {
+                Some((endpoint, probe, result)) = futures_util::StreamExt::next(&mut in_flight) => {
+                    let failure = match result {
+                        Ok(response) => match retry::failure_in_headers(response.headers()) {
+                            None => {
+                                endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+                                probe.done();
+                                return Ok(response);
+                            }
+                            Some(failure) => failure,
+                        },
+                        Err(err) => retry::failure_of_error(
+                            &err,
+                            Status::unavailable(format!(
+                                "{path}: cannot reach {} at {}: {}",
+                                self.service.name(),
+                                endpoint.endpoint,
+                                crate::app::error_chain(&err)
+                            )),
+                        ),
+                    };
+                    self.endpoint_failed(&endpoint, failure.status.message());
+                    probe.done();
+                    // Replace the failed attempt at once, elsewhere.
+                    next_launch = Instant::now();
+                    last_failure = Some(failure.status);
+                    if in_flight.is_empty() && (tried.len() as u32) >= max + MAX_ATTEMPTS {
+                        let status = last_failure.unwrap_or_else(|| Status::unavailable(path.to_owned()));
+                        return Err(CallFailure { status, target: true });
+                    }
+                }
+                () = tokio::time::sleep_until(next_launch.min(deadline)) => {
+                    if Instant::now() >= deadline {
+                        let message = format!(
+                            "{path}: no response from {} within the call's {timeout:?} deadline ({} attempts)",
+                            self.service.name(),
+                            tried.len()
+                        );
+                        return Err(CallFailure { status: Status::deadline_exceeded(message), target: true });
+                    }
+                }
+            }
+        }
+    }
+
     /// The `'static` path of `path` in the descriptor (unknown paths share one key).
     fn method_key(&self, path: &str) -> &'static str {
         self.methods.get_key_value(path).map_or("(unknown method)", |(k, _)| k)
@@ -539,6 +660,8 @@ struct MethodSettings {
     timeout: Duration,
     /// Attempts, the first included.
     max_attempts: u32,
+    /// Hedging: another attempt after this delay, at most this many in flight.
+    hedge: Option<(Duration, u32)>,
 }
 
 impl MethodSettings {
@@ -548,7 +671,36 @@ impl MethodSettings {
         replayable: true,
         timeout: DEFAULT_TIMEOUT,
         max_attempts: MAX_ATTEMPTS,
+        hedge: None,
     };
+}
+
+/// One attempt of a hedged call, holding its endpoint's probe slot if any.
+async fn attempt(
+    pick: balance::Pick,
+    request: Request<Body>,
+) -> (Arc<EndpointState>, OwnedProbe, Result<Response<Body>, tonic::transport::Error>) {
+    let probe = OwnedProbe(pick.probe.then(|| Arc::clone(&pick.endpoint)));
+    let result = pick.endpoint.call(request).await;
+    (pick.endpoint, probe, result)
+}
+
+/// An endpoint's probe slot, given back if the attempt is cancelled.
+struct OwnedProbe(Option<Arc<EndpointState>>);
+
+impl OwnedProbe {
+    /// The outcome was reported.
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for OwnedProbe {
+    fn drop(&mut self) {
+        if let Some(endpoint) = self.0.take() {
+            endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).abandoned();
+        }
+    }
 }
 
 /// How a call failed, and whether that says the target service is failing

@@ -123,11 +123,16 @@ pub(crate) struct RetryBudget {
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        RetryBudget { budget: TpsBudget::new(Duration::from_secs(10), 5, 0.2) }
+        RetryBudget::new(0.2, 5)
     }
 }
 
 impl RetryBudget {
+    /// A budget of `ratio` of recent calls plus `floor` per second, over 10 s.
+    pub(crate) fn new(ratio: f32, floor: u32) -> Self {
+        RetryBudget { budget: TpsBudget::new(Duration::from_secs(10), floor, ratio) }
+    }
+
     /// Records a call.
     pub(crate) fn deposit(&self) {
         self.budget.deposit();

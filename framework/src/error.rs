@@ -36,17 +36,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// The registry has no way to reach a service.
-    #[error("no endpoints for service `{service}` in registry `{registry}`: {hint}")]
-    NoEndpoints {
-        /// The full service name.
-        service: String,
-        /// The registry's URL.
-        registry: String,
-        /// How to add some.
-        hint: String,
-    },
-
     /// Something that needs a Tokio runtime was called outside one.
     #[error(
         "{0} must be called inside a Tokio runtime (for example from `#[tokio::main]` or `trellis::App::run`)"

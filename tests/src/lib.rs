@@ -20,6 +20,24 @@ pub mod proto {
     ::trellis::include_protos!();
 }
 
+/// A `Deep` service that answers with its own port in `level`, so a test
+/// sees which instance answered.
+#[derive(Debug)]
+pub struct Whoami(pub u16);
+
+#[trellis::async_trait]
+impl proto::trellis::test::nested::deep::v1::deep_server::Deep for Whoami {
+    async fn dive(
+        &self,
+        _request: trellis::Request<proto::trellis::test::nested::deep::v1::Depth>,
+    ) -> Result<trellis::Response<proto::trellis::test::nested::deep::v1::Depth>, trellis::Status> {
+        Ok(trellis::Response::new(proto::trellis::test::nested::deep::v1::Depth {
+            level: u32::from(self.0),
+            inner: None,
+        }))
+    }
+}
+
 /// How long a service may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -7,20 +7,10 @@ use std::time::{Duration, Instant};
 use trellis::client::{Balance, HashKey};
 use trellis::codegen::Channel;
 use trellis::config::{ClientConfig, FaultsConfig, MethodConfig};
-use trellis::{Code, Registry, Request, Response, Status};
-use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::{Deep, DeepServer};
+use trellis::{Code, Registry, Request};
+use trellis_tests::Whoami;
+use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::DeepServer;
 use trellis_tests::proto::trellis::test::nested::deep::v1::{DEEP_DESCRIPTOR, DeepClient, Depth};
-
-/// Answers with its own port in `level`.
-#[derive(Debug)]
-struct Whoami(u16);
-
-#[trellis::async_trait]
-impl Deep for Whoami {
-    async fn dive(&self, _request: Request<Depth>) -> Result<Response<Depth>, Status> {
-        Ok(Response::new(Depth { level: u32::from(self.0), inner: None }))
-    }
-}
 
 /// Starts `n` servers (with `faults`); returns a static registry naming them.
 async fn servers(n: usize, faults: FaultsConfig) -> (Registry, Vec<u16>) {

@@ -9,21 +9,11 @@ use nix::sys::signal::Signal;
 use order_payment::proto::order::payment::v1::ORDER_PAYMENT_SERVICE_NAME;
 use tokio::sync::oneshot;
 use trellis::registry::{Endpoint, Instance, Metadata};
-use trellis::{Registry, Request, Response, Status};
+use trellis::{Registry, Request};
 use trellis_tests::Service;
-use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::{Deep, DeepServer};
+use trellis_tests::Whoami;
+use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::DeepServer;
 use trellis_tests::proto::trellis::test::nested::deep::v1::{DEEP_DESCRIPTOR, DeepClient, Depth};
-
-/// Answers with its own port in `level`, so tests see which instance answered.
-#[derive(Debug)]
-struct Whoami(u16);
-
-#[trellis::async_trait]
-impl Deep for Whoami {
-    async fn dive(&self, _request: Request<Depth>) -> Result<Response<Depth>, Status> {
-        Ok(Response::new(Depth { level: u32::from(self.0), inner: None }))
-    }
-}
 
 /// An in-process server registered in `registry`; stops (deregistering) when
 /// the returned sender is dropped.

@@ -475,25 +475,19 @@ impl Shared {
             let mut endpoint_probe =
                 if pick.probe { BreakerProbe::new(&endpoint.ejection) } else { BreakerProbe::none() };
             let failure = match tokio::time::timeout_at(deadline, endpoint.call(request)).await {
-                Ok(Ok(response)) => match retry::failure_in_headers(response.headers()) {
-                    None => {
-                        endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
-                        endpoint_probe.done();
-                        return Ok(response);
-                    }
-                    Some(failure) => failure,
-                },
                 // tonic's connection enforces the grpc-timeout too, and may be first.
-                Ok(Err(err)) if !retry::is_timeout(&err) => retry::failure_of_error(
-                    &err,
-                    Status::unavailable(format!(
-                        "{path}: cannot reach {} at {}: {}",
-                        self.service.name(),
-                        endpoint.endpoint,
-                        crate::app::error_chain(&err)
-                    )),
-                ),
-                Ok(Err(_)) | Err(_) => {
+                Ok(Err(err)) if retry::is_timeout(&err) => None,
+                Ok(result) => Some(result),
+                Err(_) => None,
+            };
+            let failure = match failure.map(|result| self.classify(path, endpoint, result)) {
+                Some(Ok(response)) => {
+                    endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+                    endpoint_probe.done();
+                    return Ok(response);
+                }
+                Some(Err(failure)) => failure,
+                None => {
                     let message = format!(
                         "{path}: no response from {} at {} within the call's {timeout:?} deadline",
                         self.service.name(),
@@ -589,24 +583,13 @@ impl Shared {
             }
             tokio::select! {
                 Some((endpoint, probe, result)) = futures_util::StreamExt::next(&mut in_flight) => {
-                    let failure = match result {
-                        Ok(response) => match retry::failure_in_headers(response.headers()) {
-                            None => {
-                                endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
-                                probe.done();
-                                return Ok(response);
-                            }
-                            Some(failure) => failure,
-                        },
-                        Err(err) => retry::failure_of_error(
-                            &err,
-                            Status::unavailable(format!(
-                                "{path}: cannot reach {} at {}: {}",
-                                self.service.name(),
-                                endpoint.endpoint,
-                                crate::app::error_chain(&err)
-                            )),
-                        ),
+                    let failure = match self.classify(path, &endpoint, result) {
+                        Ok(response) => {
+                            endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+                            probe.done();
+                            return Ok(response);
+                        }
+                        Err(failure) => failure,
                     };
                     self.endpoint_failed(&endpoint, failure.status.message());
                     probe.done();
@@ -629,6 +612,31 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// An attempt's result: the response if it is an answer (success or an
+    /// application error), else the failure of the target.
+    fn classify(
+        &self,
+        path: &str,
+        endpoint: &EndpointState,
+        result: Result<Response<Body>, tonic::transport::Error>,
+    ) -> Result<Response<Body>, retry::Failure> {
+        match result {
+            Ok(response) => match retry::failure_in_headers(response.headers()) {
+                None => Ok(response),
+                Some(failure) => Err(failure),
+            },
+            Err(err) => Err(retry::failure_of_error(
+                &err,
+                Status::unavailable(format!(
+                    "{path}: cannot reach {} at {}: {}",
+                    self.service.name(),
+                    endpoint.endpoint,
+                    crate::app::error_chain(&err)
+                )),
+            )),
         }
     }
 

@@ -16,6 +16,10 @@ use trellis::codegen::Channel;
 use trellis::{Code, Registry};
 use trellis_tests::Service;
 
+/// The chaos tests each run several processes and measure latency: one at a
+/// time, so they do not measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Fleet {
     instances: Vec<Service>,
     registry: Registry,
@@ -131,6 +135,7 @@ fn orders(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_killed_under_load_fails_no_read_and_charges_nothing_twice() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(dir.path(), &[&[], &[], &[]]).await;
     let (client, channel) = client(&fleet);
@@ -178,10 +183,11 @@ async fn an_instance_killed_under_load_fails_no_read_and_charges_nothing_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_instance_barely_moves_the_p99() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let healthy_dir = tempfile::tempdir().expect("tempdir");
     let healthy = fleet(healthy_dir.path(), &[&[], &[], &[]]).await;
     let slow_dir = tempfile::tempdir().expect("tempdir");
-    let degraded = fleet(slow_dir.path(), &[&[], &[], &["--set", "faults.delay=60ms"]]).await;
+    let degraded = fleet(slow_dir.path(), &[&[], &[], &["--set", "faults.delay=200ms"]]).await;
 
     let mut p99s = Vec::new();
     for fleet in [&healthy, &degraded] {
@@ -194,9 +200,9 @@ async fn a_slow_instance_barely_moves_the_p99() {
         eprintln!("p99 {:?}; {:?}", p99s.last(), channel.stats());
     }
     let (healthy_p99, degraded_p99) = (p99s[0], p99s[1]);
-    eprintln!("all healthy p99 {healthy_p99:?}; one instance +60ms p99 {degraded_p99:?}");
-    // The slow instance alone would put p99 above 60 ms.
-    assert!(degraded_p99 < Duration::from_millis(60), "p99 {degraded_p99:?} with one slow instance");
+    eprintln!("all healthy p99 {healthy_p99:?}; one instance +200ms p99 {degraded_p99:?}");
+    // Over 1% of calls to the slow instance would put p99 above 200 ms.
+    assert!(degraded_p99 < Duration::from_millis(200), "p99 {degraded_p99:?} with one slow instance");
     assert!(
         degraded_p99 <= healthy_p99 * 4 + Duration::from_millis(15),
         "{degraded_p99:?} vs {healthy_p99:?}"
@@ -205,6 +211,7 @@ async fn a_slow_instance_barely_moves_the_p99() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_answering_unavailable_is_ejected() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(dir.path(), &[&[], &[], &["--set", "faults.unavailable=true"]]).await;
     let bad = trellis::registry::Endpoint::from(fleet.instances[2].addr());
@@ -224,6 +231,7 @@ async fn an_instance_answering_unavailable_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_instance_fails_retries_stay_within_the_budget() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let unavailable: &[&str] = &["--set", "faults.unavailable=true"];
     let fleet = fleet(dir.path(), &[unavailable, unavailable, unavailable]).await;

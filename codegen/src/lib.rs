@@ -38,6 +38,7 @@
 
 mod error;
 mod generator;
+mod policy;
 
 use std::path::{Path, PathBuf};
 
@@ -118,13 +119,20 @@ impl Builder {
         };
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
 
-        let mut compiler = protox::Compiler::new(&includes).map_err(|e| Error::proto(e, &includes))?;
+        // `trellis/options.proto` comes after the user's folders, which may hold
+        // a copy of their own.
+        let options_include = policy::write_include(&out_dir)?;
+        let search_path: Vec<&Path> =
+            includes.iter().map(PathBuf::as_path).chain([options_include.as_path()]).collect();
+        let mut compiler = protox::Compiler::new(search_path).map_err(|e| Error::proto(e, &includes))?;
         compiler.include_imports(true).include_source_info(true);
         compiler.open_files(protos.iter().map(AsRef::as_ref)).map_err(|e| Error::proto(e, &includes))?;
 
         if self.emit_rerun_if_changed {
             for file in compiler.files() {
-                if let Some(path) = file.path() {
+                // The options file belongs to trellis-build, not to the crate
+                // being built: nothing there for cargo to watch.
+                if let Some(path) = file.path().filter(|path| !path.starts_with(&options_include)) {
                     println!("cargo:rerun-if-changed={}", path.display());
                 }
             }
@@ -132,6 +140,8 @@ impl Builder {
                 println!("cargo:rerun-if-changed={}", include.display());
             }
         }
+
+        let policies = policy::read(&compiler.descriptor_pool(), &includes)?;
 
         let descriptor_path = out_dir.join(DESCRIPTOR_SET_FILE);
         std::fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
@@ -164,7 +174,12 @@ impl Builder {
                 build_client: self.build_client,
                 build_server: self.build_server,
                 descriptor_set,
+                policies,
             }));
-        config.compile_fds(compiler.file_descriptor_set()).map_err(|e| Error::io(&out_dir, e))
+        // The options are read above; the messages of `trellis/options.proto`
+        // need no Rust code in the user's crate.
+        let mut files = compiler.file_descriptor_set();
+        files.file.retain(|file| file.name() != policy::OPTIONS_PROTO);
+        config.compile_fds(files).map_err(|e| Error::io(&out_dir, e))
     }
 }

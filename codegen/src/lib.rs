@@ -18,8 +18,9 @@
 //!
 //! - `FOO_SERVICE_NAME`, the full protobuf name of the service;
 //! - `FOO_DESCRIPTOR`, a [`ServiceDescriptor`] with each method's
-//!   `idempotency_level` and streaming kind, used by the client stack to decide
-//!   what is safe to retry, and the file descriptors served by reflection;
+//!   `idempotency_level`, streaming kind and call policy, used by the client
+//!   stack to decide what is safe to retry, and the file descriptors served by
+//!   reflection;
 //! - `FooClient`, the typed client over Trellis's channel, with
 //!   `FooClient::discover(&registry)` to connect by service name;
 //! - an impl that lets `trellis::Server` add `FooServer::new(handler)` in one
@@ -34,7 +35,51 @@
 //! error: proto/order/v1/order.proto:12:3: name 'Money' is not defined
 //! ```
 //!
+//! # Call policy per method
+//!
+//! A method can carry its own call policy in the proto, through the
+//! `(trellis.method)` option of `trellis/options.proto`. The import needs no
+//! setup: `trellis-build` writes the file under the output directory and adds
+//! that folder after your `includes`. Its messages generate no Rust code.
+//!
+//! ```proto
+//! import "trellis/options.proto";
+//!
+//! service Accounts {
+//!   rpc GetAccount(GetAccountRequest) returns (Account) {
+//!     option idempotency_level = NO_SIDE_EFFECTS;
+//!     option (trellis.method) = {
+//!       timeout: "2s"                    // default deadline of a call (humantime)
+//!       max_attempts: 4                  // attempts when retrying is safe; default 3, 1 = no retries
+//!       hedge: { delay: "50ms" }         // a second attempt if no answer after 50 ms
+//!       hash_key: "account_id"           // route by consistent hashing on this request field
+//!     };
+//!   }
+//!   rpc Rename(RenameRequest) returns (Account) {
+//!     option (trellis.method).timeout = "500ms";
+//!     // Fails the build: Rename is not marked safe to repeat.
+//!     option (trellis.method).hedge.delay = "50ms";
+//!   }
+//! }
+//! ```
+//!
+//! Each method's policy lands in `FOO_DESCRIPTOR`, as the method's
+//! [`MethodPolicy`]. The options are checked at build time, and a bad one
+//! fails the build naming the file, line and method, and how to fix it:
+//!
+//! - `timeout` and `hedge.delay` must be positive durations (`"2s"`, `"250ms"`);
+//! - `max_attempts` is at most 10; `hedge.max_attempts` is 2 to 4 (default 2);
+//! - `hedge` needs a `delay`, and a method marked `NO_SIDE_EFFECTS` or
+//!   `IDEMPOTENT`, since a hedged call may run twice;
+//! - `hash_key` names a top-level, singular `string`, `bytes` or integer field
+//!   of the request, and is not for client-streaming methods.
+//!
+//! ```text
+//! error: proto/accounts/v1/accounts.proto:15:5: method accounts.v1.Accounts.Rename: hedging sends a call twice; mark the method `option idempotency_level = IDEMPOTENT;` (or NO_SIDE_EFFECTS), or remove the hedge
+//! ```
+//!
 //! [`ServiceDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.ServiceDescriptor.html
+//! [`MethodPolicy`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodPolicy.html
 
 mod error;
 mod generator;

@@ -119,17 +119,16 @@ pub(crate) fn read(pool: &DescriptorPool, includes: &[PathBuf]) -> Result<HashMa
 type Problem = (Vec<i32>, String);
 
 fn check(method: &MethodDescriptor, option: &DynamicMessage) -> Result<Policy, Problem> {
-    let timeout = match string(option, "timeout") {
-        Some(text) => Some(duration(&text).ok_or_else(|| {
-            (
-                vec![TIMEOUT],
-                format!(
+    let timeout = string(option, "timeout")
+        .map(|text| {
+            duration(&text).ok_or_else(|| {
+                let message = format!(
                     "`timeout: \"{text}\"` is not a positive duration; write one like \"2s\" or \"250ms\""
-                ),
-            )
-        })?),
-        None => None,
-    };
+                );
+                (vec![TIMEOUT], message)
+            })
+        })
+        .transpose()?;
 
     let max_attempts = uint(option, "max_attempts");
     if max_attempts > MAX_RETRY_ATTEMPTS {
@@ -142,18 +141,14 @@ fn check(method: &MethodDescriptor, option: &DynamicMessage) -> Result<Policy, P
         ));
     }
 
-    let hedge = match option.has_field_by_name("hedge").then(|| option.get_field_by_name("hedge")).flatten() {
-        Some(hedge) => match hedge.as_message() {
-            Some(hedge) => Some(check_hedge(method, hedge)?),
-            None => None,
-        },
-        None => None,
+    let hedge = match option.get_field_by_name("hedge") {
+        Some(hedge) if option.has_field_by_name("hedge") => {
+            hedge.as_message().map(|hedge| check_hedge(method, hedge)).transpose()?
+        }
+        _ => None,
     };
 
-    let hash_key = match string(option, "hash_key") {
-        Some(name) => Some(check_hash_key(method, &name)?),
-        None => None,
-    };
+    let hash_key = string(option, "hash_key").map(|name| check_hash_key(method, &name)).transpose()?;
 
     Ok(Policy { timeout, max_attempts, hedge, hash_key })
 }
@@ -322,8 +317,9 @@ pub(crate) fn tokens(codegen: &syn::Path, policy: &Policy) -> TokenStream {
 }
 
 fn duration_tokens(duration: Duration) -> TokenStream {
-    let millis =
-        u64::try_from(duration.as_millis()).ok().filter(|_| duration.subsec_nanos() % 1_000_000 == 0);
+    let millis = u64::try_from(duration.as_millis())
+        .ok()
+        .filter(|_| duration.subsec_nanos().is_multiple_of(1_000_000));
     match millis {
         Some(millis) => {
             let millis = Literal::u64_unsuffixed(millis);

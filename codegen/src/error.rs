@@ -55,6 +55,19 @@ impl Error {
         Error { kind: ErrorKind::Proto { location, message: err.to_string(), help } }
     }
 
+    /// A problem found in the compiled protos, at `position` (1-based line and
+    /// column) of the proto named `name`, when known.
+    pub(crate) fn at(
+        name: &str,
+        position: Option<(usize, usize)>,
+        message: String,
+        includes: &[PathBuf],
+    ) -> Self {
+        let (line, column) = position.unwrap_or((1, 1));
+        let location = Location { file: display_path(name, includes), line, column };
+        Error { kind: ErrorKind::Proto { location: Some(location), message, help: None } }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error { kind: ErrorKind::Io { path: path.into(), source } }
     }

@@ -1,10 +1,14 @@
 //! The service generator: tonic's output, routed through `trellis::codegen`,
 //! followed by the Trellis additions for each service.
 
+use std::collections::HashMap;
+
 use heck::{ToShoutySnakeCase, ToSnakeCase};
 use proc_macro2::TokenStream;
 use prost_build::{Method, Service};
 use quote::{format_ident, quote};
+
+use crate::policy::{self, Policy};
 
 /// Where generated code finds everything it uses, so a service crate needs no
 /// direct dependency on tonic or prost.
@@ -19,6 +23,8 @@ pub(crate) struct TrellisGenerator {
     pub(crate) build_server: bool,
     /// Absolute path of the encoded `FileDescriptorSet` written for reflection.
     pub(crate) descriptor_set: String,
+    /// The checked `(trellis.method)` options, by method full name.
+    pub(crate) policies: HashMap<String, Policy>,
 }
 
 impl prost_build::ServiceGenerator for TrellisGenerator {
@@ -27,7 +33,7 @@ impl prost_build::ServiceGenerator for TrellisGenerator {
         self.tonic.generate(service.clone(), &mut tonic_code);
         buf.push_str(&route_tonic_paths(&tonic_code));
 
-        let tokens = trellis_tokens(&service, self.build_client, self.build_server);
+        let tokens = trellis_tokens(&service, self.build_client, self.build_server, &self.policies);
         buf.push_str(&render(tokens));
     }
 
@@ -70,7 +76,12 @@ pub(crate) fn route_tonic_paths(code: &str) -> String {
     out
 }
 
-fn trellis_tokens(service: &Service, build_client: bool, build_server: bool) -> TokenStream {
+fn trellis_tokens(
+    service: &Service,
+    build_client: bool,
+    build_server: bool,
+    policies: &HashMap<String, Policy>,
+) -> TokenStream {
     let codegen: syn::Path = syn::parse_str(CODEGEN).expect("CODEGEN is a valid path");
     let full_name = if service.package.is_empty() {
         service.proto_name.clone()
@@ -86,7 +97,10 @@ fn trellis_tokens(service: &Service, build_client: bool, build_server: bool) -> 
     let client_type = format_ident!("{}Client", service.name);
     let server_type = format_ident!("{}Server", service.name);
     let server_trait = format_ident!("{}", service.name);
-    let methods = service.methods.iter().map(|method| method_tokens(&codegen, &full_name, method));
+    let methods = service.methods.iter().map(|method| {
+        let policy = policies.get(&format!("{full_name}.{}", method.proto_name));
+        method_tokens(&codegen, &full_name, method, policy)
+    });
 
     let name_doc = format!(" The full protobuf name of `{full_name}`.");
     let descriptor_doc =
@@ -138,7 +152,12 @@ fn trellis_tokens(service: &Service, build_client: bool, build_server: bool) -> 
     tokens
 }
 
-fn method_tokens(codegen: &syn::Path, full_name: &str, method: &Method) -> TokenStream {
+fn method_tokens(
+    codegen: &syn::Path,
+    full_name: &str,
+    method: &Method,
+    policy: Option<&Policy>,
+) -> TokenStream {
     let name = &method.proto_name;
     let path = format!("/{full_name}/{name}");
     let idempotency = match method.options.idempotency_level() {
@@ -152,6 +171,7 @@ fn method_tokens(codegen: &syn::Path, full_name: &str, method: &Method) -> Token
         (true, false) => quote!(ClientStreaming),
         (true, true) => quote!(BidiStreaming),
     };
+    let policy = policy.map(|policy| policy::tokens(codegen, policy));
     quote! {
         #codegen::MethodDescriptor::new(
             #name,
@@ -159,6 +179,7 @@ fn method_tokens(codegen: &syn::Path, full_name: &str, method: &Method) -> Token
             #codegen::Idempotency::#idempotency,
             #codegen::StreamingKind::#kind,
         )
+        #policy
     }
 }
 

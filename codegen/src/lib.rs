@@ -18,8 +18,9 @@
 //!
 //! - `FOO_SERVICE_NAME`, the full protobuf name of the service;
 //! - `FOO_DESCRIPTOR`, a [`ServiceDescriptor`] with each method's
-//!   `idempotency_level` and streaming kind, used by the client stack to decide
-//!   what is safe to retry, and the file descriptors served by reflection;
+//!   `idempotency_level`, streaming kind and call policy, used by the client
+//!   stack to decide what is safe to retry, and the file descriptors served by
+//!   reflection;
 //! - `FooClient`, the typed client over Trellis's channel, with
 //!   `FooClient::discover(&registry)` to connect by service name;
 //! - an impl that lets `trellis::Server` add `FooServer::new(handler)` in one
@@ -34,10 +35,55 @@
 //! error: proto/order/v1/order.proto:12:3: name 'Money' is not defined
 //! ```
 //!
+//! # Call policy per method
+//!
+//! A method can carry its own call policy in the proto, through the
+//! `(trellis.method)` option of `trellis/options.proto`. The import needs no
+//! setup: `trellis-build` writes the file under the output directory and adds
+//! that folder after your `includes`. Its messages generate no Rust code.
+//!
+//! ```proto
+//! import "trellis/options.proto";
+//!
+//! service Accounts {
+//!   rpc GetAccount(GetAccountRequest) returns (Account) {
+//!     option idempotency_level = NO_SIDE_EFFECTS;
+//!     option (trellis.method) = {
+//!       timeout: "2s"                    // default deadline of a call (humantime)
+//!       max_attempts: 4                  // attempts when retrying is safe; default 3, 1 = no retries
+//!       hedge: { delay: "50ms" }         // a second attempt if no answer after 50 ms
+//!       hash_key: "account_id"           // route by consistent hashing on this request field
+//!     };
+//!   }
+//!   rpc Rename(RenameRequest) returns (Account) {
+//!     option (trellis.method).timeout = "500ms";
+//!     // Fails the build: Rename is not marked safe to repeat.
+//!     option (trellis.method).hedge.delay = "50ms";
+//!   }
+//! }
+//! ```
+//!
+//! Each method's policy lands in `FOO_DESCRIPTOR`, as the method's
+//! [`MethodPolicy`]. The options are checked at build time, and a bad one
+//! fails the build naming the file, line and method, and how to fix it:
+//!
+//! - `timeout` and `hedge.delay` must be positive durations (`"2s"`, `"250ms"`);
+//! - `max_attempts` is at most 10; `hedge.max_attempts` is 2 to 4 (default 2);
+//! - `hedge` needs a `delay`, and a method marked `NO_SIDE_EFFECTS` or
+//!   `IDEMPOTENT`, since a hedged call may run twice;
+//! - `hash_key` names a top-level, singular `string`, `bytes` or integer field
+//!   of the request, and is not for client-streaming methods.
+//!
+//! ```text
+//! error: proto/accounts/v1/accounts.proto:15:5: method accounts.v1.Accounts.Rename: hedging sends a call twice; mark the method `option idempotency_level = IDEMPOTENT;` (or NO_SIDE_EFFECTS), or remove the hedge
+//! ```
+//!
 //! [`ServiceDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.ServiceDescriptor.html
+//! [`MethodPolicy`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodPolicy.html
 
 mod error;
 mod generator;
+mod policy;
 
 use std::path::{Path, PathBuf};
 
@@ -118,13 +164,20 @@ impl Builder {
         };
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
 
-        let mut compiler = protox::Compiler::new(&includes).map_err(|e| Error::proto(e, &includes))?;
+        // `trellis/options.proto` comes after the user's folders, which may hold
+        // a copy of their own.
+        let options_include = policy::write_include(&out_dir)?;
+        let search_path: Vec<&Path> =
+            includes.iter().map(PathBuf::as_path).chain([options_include.as_path()]).collect();
+        let mut compiler = protox::Compiler::new(search_path).map_err(|e| Error::proto(e, &includes))?;
         compiler.include_imports(true).include_source_info(true);
         compiler.open_files(protos.iter().map(AsRef::as_ref)).map_err(|e| Error::proto(e, &includes))?;
 
         if self.emit_rerun_if_changed {
             for file in compiler.files() {
-                if let Some(path) = file.path() {
+                // The options file belongs to trellis-build, not to the crate
+                // being built: nothing there for cargo to watch.
+                if let Some(path) = file.path().filter(|path| !path.starts_with(&options_include)) {
                     println!("cargo:rerun-if-changed={}", path.display());
                 }
             }
@@ -132,6 +185,8 @@ impl Builder {
                 println!("cargo:rerun-if-changed={}", include.display());
             }
         }
+
+        let policies = policy::read(&compiler.descriptor_pool(), &includes)?;
 
         let descriptor_path = out_dir.join(DESCRIPTOR_SET_FILE);
         std::fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
@@ -164,7 +219,12 @@ impl Builder {
                 build_client: self.build_client,
                 build_server: self.build_server,
                 descriptor_set,
+                policies,
             }));
-        config.compile_fds(compiler.file_descriptor_set()).map_err(|e| Error::io(&out_dir, e))
+        // The options are read above; the messages of `trellis/options.proto`
+        // need no Rust code in the user's crate.
+        let mut files = compiler.file_descriptor_set();
+        files.file.retain(|file| file.name() != policy::OPTIONS_PROTO);
+        config.compile_fds(files).map_err(|e| Error::io(&out_dir, e))
     }
 }

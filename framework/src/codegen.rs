@@ -12,7 +12,8 @@ pub use tonic_prost::ProstCodec;
 
 pub use crate::client::Channel;
 pub use crate::descriptor::{
-    DescribedService, Idempotency, MethodDescriptor, ServiceDescriptor, StreamingKind,
+    DescribedService, HashKeyField, HashKeyKind, HedgePolicy, Idempotency, MethodDescriptor, MethodPolicy,
+    ServiceDescriptor, StreamingKind,
 };
 pub use crate::error::Error;
 pub use crate::registry::Registry;

@@ -1,5 +1,7 @@
 //! What generated code tells the runtime about each service and method.
 
+use std::time::Duration;
+
 /// How safe a method is to repeat, from the proto's `idempotency_level`.
 ///
 /// The client stack retries and hedges only methods marked
@@ -50,6 +52,7 @@ pub struct MethodDescriptor {
     path: &'static str,
     idempotency: Idempotency,
     kind: StreamingKind,
+    policy: MethodPolicy,
 }
 
 impl MethodDescriptor {
@@ -60,7 +63,12 @@ impl MethodDescriptor {
         idempotency: Idempotency,
         kind: StreamingKind,
     ) -> Self {
-        MethodDescriptor { name, path, idempotency, kind }
+        MethodDescriptor { name, path, idempotency, kind, policy: MethodPolicy::DEFAULT }
+    }
+
+    /// The same method with the call policy set in its proto.
+    pub const fn with_policy(self, policy: MethodPolicy) -> Self {
+        MethodDescriptor { policy, ..self }
     }
 
     /// The method's name as written in the proto, such as `GetPayment`.
@@ -81,6 +89,174 @@ impl MethodDescriptor {
     /// Which sides stream.
     pub const fn kind(&self) -> StreamingKind {
         self.kind
+    }
+
+    /// The call policy from the proto's `(trellis.method)` option, or
+    /// [`MethodPolicy::DEFAULT`].
+    pub const fn policy(&self) -> &MethodPolicy {
+        &self.policy
+    }
+}
+
+/// How clients call a method, from the `(trellis.method)` option of
+/// `trellis/options.proto`.
+///
+/// `trellis-build` has checked the option: a hedge is only set on methods that
+/// are safe to repeat, and the hash key names a scalar field of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MethodPolicy {
+    timeout: Option<Duration>,
+    max_attempts: u32,
+    hedge: Option<HedgePolicy>,
+    hash_key: Option<HashKeyField>,
+}
+
+impl MethodPolicy {
+    /// The policy of a method with no option: no timeout of its own, 3
+    /// attempts when retrying is safe, no hedge, no hash key.
+    pub const DEFAULT: MethodPolicy =
+        MethodPolicy { timeout: None, max_attempts: 3, hedge: None, hash_key: None };
+
+    /// Sets the default deadline of a call.
+    pub const fn with_timeout(self, timeout: Duration) -> Self {
+        MethodPolicy { timeout: Some(timeout), ..self }
+    }
+
+    /// Sets how many attempts a call may make, the first included, when the
+    /// method is safe to retry; 1 turns retries off, and 0 counts as 1.
+    pub const fn with_max_attempts(self, max_attempts: u32) -> Self {
+        MethodPolicy { max_attempts: if max_attempts == 0 { 1 } else { max_attempts }, ..self }
+    }
+
+    /// Turns hedging on.
+    pub const fn with_hedge(self, hedge: HedgePolicy) -> Self {
+        MethodPolicy { hedge: Some(hedge), ..self }
+    }
+
+    /// Routes calls by consistent hashing on a field of the request.
+    pub const fn with_hash_key(self, hash_key: HashKeyField) -> Self {
+        MethodPolicy { hash_key: Some(hash_key), ..self }
+    }
+
+    /// The default deadline of a call; `None` leaves the client's default.
+    pub const fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// How many attempts a call may make, the first included, when the method
+    /// is safe to retry. At least 1.
+    pub const fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The hedge, when the method opts in.
+    pub const fn hedge(&self) -> Option<HedgePolicy> {
+        self.hedge
+    }
+
+    /// The request field to route by, when the method has one.
+    pub const fn hash_key(&self) -> Option<HashKeyField> {
+        self.hash_key
+    }
+}
+
+impl Default for MethodPolicy {
+    fn default() -> Self {
+        MethodPolicy::DEFAULT
+    }
+}
+
+/// Hedging: when a call has no answer after [`delay`](Self::delay), send
+/// another attempt to another instance and take the first answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HedgePolicy {
+    delay: Duration,
+    max_attempts: u32,
+}
+
+impl HedgePolicy {
+    /// A hedge after `delay`, with at most `max_attempts` attempts in flight,
+    /// the first included; `max_attempts` is brought into `2..=4`.
+    pub const fn new(delay: Duration, max_attempts: u32) -> Self {
+        let max_attempts = if max_attempts < 2 {
+            2
+        } else if max_attempts > 4 {
+            4
+        } else {
+            max_attempts
+        };
+        HedgePolicy { delay, max_attempts }
+    }
+
+    /// How long to wait for an answer before sending another attempt.
+    pub const fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// How many attempts may be in flight at once, the first included: 2 to 4.
+    pub const fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+}
+
+/// The top-level request field whose value routes a call by consistent
+/// hashing, so that calls with the same key reach the same instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HashKeyField {
+    name: &'static str,
+    number: u32,
+    kind: HashKeyKind,
+}
+
+impl HashKeyField {
+    /// The field `name`, numbered `number` in the request message.
+    pub const fn new(name: &'static str, number: u32, kind: HashKeyKind) -> Self {
+        HashKeyField { name, number, kind }
+    }
+
+    /// The field's name in the proto.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The field's number, which tags it on the wire.
+    pub const fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// How the field's value is encoded.
+    pub const fn kind(&self) -> HashKeyKind {
+        self.kind
+    }
+}
+
+/// How a hash key field is encoded in the request, so a client can find its
+/// value in the encoded message without decoding the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HashKeyKind {
+    /// `string` or `bytes`: length-delimited, wire type 2.
+    Bytes,
+    /// A varint, wire type 0: `int32`, `int64`, `uint32` and `uint64`, or, with
+    /// `zigzag`, `sint32` and `sint64`.
+    Varint {
+        /// Whether the value is zigzag-encoded (`sint32`, `sint64`).
+        zigzag: bool,
+    },
+    /// `fixed32` or `sfixed32`: four little-endian bytes, wire type 5.
+    Fixed32,
+    /// `fixed64` or `sfixed64`: eight little-endian bytes, wire type 1.
+    Fixed64,
+}
+
+impl HashKeyKind {
+    /// The protobuf wire type of the field.
+    pub const fn wire_type(self) -> u32 {
+        match self {
+            HashKeyKind::Varint { .. } => 0,
+            HashKeyKind::Fixed64 => 1,
+            HashKeyKind::Bytes => 2,
+            HashKeyKind::Fixed32 => 5,
+        }
     }
 }
 
@@ -131,4 +307,57 @@ impl ServiceDescriptor {
 pub trait DescribedService {
     /// The service's descriptor.
     const DESCRIPTOR: &'static ServiceDescriptor;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: MethodDescriptor =
+        MethodDescriptor::new("Get", "/p.S/Get", Idempotency::NoSideEffects, StreamingKind::Unary);
+    const TUNED: MethodDescriptor = PLAIN.with_policy(
+        MethodPolicy::DEFAULT
+            .with_timeout(Duration::from_millis(250))
+            .with_max_attempts(5)
+            .with_hedge(HedgePolicy::new(Duration::from_millis(20), 3))
+            .with_hash_key(HashKeyField::new("user_id", 2, HashKeyKind::Varint { zigzag: true })),
+    );
+
+    #[test]
+    fn a_method_without_policy_gets_the_defaults() {
+        let policy = PLAIN.policy();
+        assert_eq!(*policy, MethodPolicy::default());
+        assert_eq!((policy.timeout(), policy.max_attempts()), (None, 3));
+        assert_eq!((policy.hedge(), policy.hash_key()), (None, None));
+    }
+
+    #[test]
+    fn policy_builds_in_a_const() {
+        let policy = TUNED.policy();
+        assert_eq!(policy.timeout(), Some(Duration::from_millis(250)));
+        assert_eq!(policy.max_attempts(), 5);
+        let hedge = policy.hedge().expect("hedge");
+        assert_eq!((hedge.delay(), hedge.max_attempts()), (Duration::from_millis(20), 3));
+        let key = policy.hash_key().expect("hash key");
+        assert_eq!((key.name(), key.number(), key.kind().wire_type()), ("user_id", 2, 0));
+        assert_eq!((TUNED.name(), TUNED.path()), (PLAIN.name(), PLAIN.path()));
+    }
+
+    #[test]
+    fn out_of_range_attempts_are_brought_in_range() {
+        assert_eq!(MethodPolicy::DEFAULT.with_max_attempts(0).max_attempts(), 1);
+        assert_eq!(HedgePolicy::new(Duration::ZERO, 0).max_attempts(), 2);
+        assert_eq!(HedgePolicy::new(Duration::ZERO, 9).max_attempts(), 4);
+    }
+
+    #[test]
+    fn wire_types_match_the_encoding() {
+        let kinds = [
+            HashKeyKind::Varint { zigzag: false },
+            HashKeyKind::Fixed64,
+            HashKeyKind::Bytes,
+            HashKeyKind::Fixed32,
+        ];
+        assert_eq!(kinds.map(HashKeyKind::wire_type), [0, 1, 2, 5]);
+    }
 }

@@ -51,7 +51,10 @@ pub mod server;
 pub mod telemetry;
 
 pub use app::{App, Context};
-pub use descriptor::{DescribedService, Idempotency, MethodDescriptor, ServiceDescriptor, StreamingKind};
+pub use descriptor::{
+    DescribedService, HashKeyField, HashKeyKind, HedgePolicy, Idempotency, MethodDescriptor, MethodPolicy,
+    ServiceDescriptor, StreamingKind,
+};
 pub use error::{BoxError, Error};
 pub use registry::Registry;
 pub use server::Server;

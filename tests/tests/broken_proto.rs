@@ -1,4 +1,5 @@
-//! A broken proto fails the build with `file:line:column: message`, and
+//! A broken proto, or a `(trellis.method)` option out of range or unsafe,
+//! fails the build with `file:line:column: message`, and
 //! `trellis_build::compile` exits with that message rather than a panic.
 
 use std::path::Path;
@@ -104,4 +105,119 @@ fn compile_exits_with_the_message_not_a_panic() {
     assert!(stderr.contains("error: ") && stderr.contains("broken.proto:2:13: "), "{stderr}");
     assert!(stderr.contains("strin"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A service whose one method `Get` (request `shop.v1.Req`) has `method_body`
+/// as its options; `Get` is on line 7, its body from line 8.
+fn policy_proto(method: &str, method_body: &str) -> String {
+    format!(
+        "syntax = \"proto3\";\npackage shop.v1;\n\nimport \"trellis/options.proto\";\n\n\
+         service Shop {{\n  rpc {method} {{\n{method_body}  }}\n}}\n\n\
+         message Req {{\n  string id = 1;\n  repeated string tags = 2;\n  double weight = 3;\n}}\n"
+    )
+}
+
+/// The error for `policy_proto(method, body)`, with checks that it names the
+/// file and the method.
+fn policy_error(method: &str, method_body: &str) -> String {
+    let text = error_of(&[("shop/v1/shop.proto", &policy_proto(method, method_body))]).to_string();
+    assert!(text.contains("shop/v1/shop.proto:"), "{text}");
+    assert!(text.contains("method shop.v1.Shop.Get: "), "{text}");
+    text
+}
+
+const UNARY: &str = "Get(Req) returns (Req)";
+
+#[test]
+fn a_policy_compiles_with_no_include_setup() {
+    let proto = policy_proto(
+        UNARY,
+        "    option idempotency_level = IDEMPOTENT;\n    option (trellis.method) = { timeout: \"2s\" hedge: { delay: \"50ms\" } hash_key: \"id\" };\n",
+    );
+    compile(&[("shop/v1/shop.proto", &proto)]).expect("compiles");
+}
+
+#[test]
+fn hedging_a_method_not_safe_to_repeat_says_how_to_mark_it() {
+    let text =
+        policy_error(UNARY, "    option (trellis.method) = {\n      hedge: { delay: \"50ms\" }\n    };\n");
+    assert!(text.contains("shop/v1/shop.proto:8:5: "), "{text}");
+    assert!(text.contains("hedging sends a call twice"), "{text}");
+    assert!(
+        text.contains("`option idempotency_level = IDEMPOTENT;` (or NO_SIDE_EFFECTS), or remove the hedge"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_hedge_without_delay_asks_for_one() {
+    let text = policy_error(
+        UNARY,
+        "    option idempotency_level = NO_SIDE_EFFECTS;\n    option (trellis.method).hedge.max_attempts = 3;\n",
+    );
+    assert!(text.contains("shop/v1/shop.proto:9:"), "{text}");
+    assert!(text.contains("the hedge has no `delay`") && text.contains("`delay: \"50ms\"`"), "{text}");
+}
+
+#[test]
+fn a_zero_hedge_delay_is_rejected() {
+    let text = policy_error(
+        UNARY,
+        "    option idempotency_level = IDEMPOTENT;\n    option (trellis.method).hedge.delay = \"0s\";\n",
+    );
+    assert!(text.contains("shop/v1/shop.proto:9:"), "{text}");
+    assert!(
+        text.contains("hedge `delay: \"0s\"` is not a positive duration; write one like \"50ms\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn too_many_hedged_attempts_give_the_range() {
+    let text = policy_error(
+        UNARY,
+        "    option idempotency_level = IDEMPOTENT;\n    option (trellis.method).hedge = { delay: \"10ms\" max_attempts: 5 };\n",
+    );
+    assert!(text.contains("hedge `max_attempts: 5` is out of range; set 2 to 4"), "{text}");
+}
+
+#[test]
+fn a_timeout_that_is_not_a_duration_shows_the_form() {
+    let text = policy_error(UNARY, "    option (trellis.method).timeout = \"soon\";\n");
+    assert!(text.contains("shop/v1/shop.proto:8:"), "{text}");
+    assert!(
+        text.contains("`timeout: \"soon\"` is not a positive duration; write one like \"2s\" or \"250ms\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn more_than_ten_attempts_are_rejected() {
+    let text = policy_error(UNARY, "    option (trellis.method).max_attempts = 11;\n");
+    assert!(text.contains("shop/v1/shop.proto:8:"), "{text}");
+    assert!(text.contains("`max_attempts: 11` is more than 10") && text.contains("set at most 10"), "{text}");
+}
+
+#[test]
+fn a_hash_key_naming_no_field_lists_the_fields() {
+    let text = policy_error(UNARY, "    option (trellis.method).hash_key = \"user_id\";\n");
+    assert!(text.contains("shop/v1/shop.proto:8:"), "{text}");
+    assert!(text.contains("`hash_key: \"user_id\"` names no field of the request `shop.v1.Req`"), "{text}");
+    assert!(text.contains("`id`, `tags`, `weight`"), "{text}");
+}
+
+#[test]
+fn a_hash_key_of_the_wrong_type_names_the_type() {
+    let text = policy_error(UNARY, "    option (trellis.method).hash_key = \"weight\";\n");
+    assert!(text.contains("`hash_key: \"weight\"` is a double field of `shop.v1.Req`"), "{text}");
+    assert!(text.contains("name a singular string, bytes or integer field"), "{text}");
+    let text = policy_error(UNARY, "    option (trellis.method).hash_key = \"tags\";\n");
+    assert!(text.contains("is a repeated string field"), "{text}");
+}
+
+#[test]
+fn a_hash_key_on_a_client_stream_is_rejected() {
+    let text =
+        policy_error("Get(stream Req) returns (Req)", "    option (trellis.method).hash_key = \"id\";\n");
+    assert!(text.contains("client-streaming method") && text.contains("remove the hash_key"), "{text}");
 }

@@ -1,8 +1,7 @@
 //! Support for the end-to-end tests: real service processes on loopback.
 //!
 //! The service binaries are found next to the test binary's own directory
-//! (`target/debug`); `cargo test --workspace` builds them, since each service
-//! package has integration tests of its own.
+//! (`target/debug`); `./scripts/test` builds them before running the tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -45,14 +44,14 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// # Panics
 ///
-/// If the binary was not built: run the tests with `cargo test --workspace`.
+/// If the binary was not built: run the tests with `./scripts/test`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace`, which builds the service binaries",
+        "{} is missing: run the tests with ./scripts/test, which builds the service binaries first",
         path.display()
     );
     path

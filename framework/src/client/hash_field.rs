@@ -6,25 +6,14 @@
 //! protobuf wire format: no decoding of the message, no generated code per
 //! message type.
 
-/// How the key field is encoded on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WireKind {
-    /// `string` or `bytes` (length-delimited): the key is the raw bytes.
-    Bytes,
-    /// Integer types, `bool` and enums (varint): the key is the number.
-    Varint,
-    /// `fixed32`, `sfixed32`, `float`.
-    Fixed32,
-    /// `fixed64`, `sfixed64`, `double`.
-    Fixed64,
-}
+use crate::descriptor::HashKeyKind;
 
 /// The bytes the key is hashed from: the value of field `number` in the
 /// gRPC-framed message `frame`, or `None` if it is absent (the proto3
 /// default), the frame is compressed, or the bytes are malformed. For a
 /// string this is its UTF-8 bytes, so `HashKey::new(id)` in code and a
 /// `hash_key` on the same field route alike.
-pub(crate) fn key_bytes(frame: &[u8], number: u32, kind: WireKind) -> Option<Vec<u8>> {
+pub(crate) fn key_bytes(frame: &[u8], number: u32, kind: HashKeyKind) -> Option<Vec<u8>> {
     // The gRPC frame: a compressed flag, a 4-byte big-endian length, the message.
     let (&compressed, rest) = frame.split_first()?;
     if compressed != 0 || rest.len() < 4 {
@@ -47,14 +36,8 @@ pub(crate) fn key_bytes(frame: &[u8], number: u32, kind: WireKind) -> Option<Vec
             5 => take(&mut message, 4)?.to_vec(),
             _ => return None,
         };
-        let expected = match kind {
-            WireKind::Varint => 0,
-            WireKind::Fixed64 => 1,
-            WireKind::Bytes => 2,
-            WireKind::Fixed32 => 5,
-        };
         // The last occurrence wins, as when decoding.
-        if field == u64::from(number) && wire == expected {
+        if field == u64::from(number) && wire == u64::from(kind.wire_type()) {
             found = Some(value);
         }
     }
@@ -113,12 +96,12 @@ mod tests {
     fn reads_each_kind_of_field() {
         let sample = Sample { order_id: "order-42".into(), amount: 300, shard: 7, blob: vec![1, 2] };
         let frame = frame(&sample);
-        assert_eq!(key_bytes(&frame, 1, WireKind::Bytes).as_deref(), Some(&b"order-42"[..]));
-        assert_eq!(key_bytes(&frame, 2, WireKind::Varint), Some(300u64.to_le_bytes().to_vec()));
-        assert_eq!(key_bytes(&frame, 3, WireKind::Fixed32), Some(7u32.to_le_bytes().to_vec()));
-        assert_eq!(key_bytes(&frame, 4, WireKind::Bytes), Some(vec![1, 2]));
-        assert_eq!(key_bytes(&frame, 9, WireKind::Bytes), None, "absent field");
-        assert_eq!(key_bytes(&frame, 1, WireKind::Varint), None, "wrong wire type");
+        assert_eq!(key_bytes(&frame, 1, HashKeyKind::Bytes).as_deref(), Some(&b"order-42"[..]));
+        assert_eq!(key_bytes(&frame, 2, HashKeyKind::Varint { zigzag: false }), Some(300u64.to_le_bytes().to_vec()));
+        assert_eq!(key_bytes(&frame, 3, HashKeyKind::Fixed32), Some(7u32.to_le_bytes().to_vec()));
+        assert_eq!(key_bytes(&frame, 4, HashKeyKind::Bytes), Some(vec![1, 2]));
+        assert_eq!(key_bytes(&frame, 9, HashKeyKind::Bytes), None, "absent field");
+        assert_eq!(key_bytes(&frame, 1, HashKeyKind::Varint { zigzag: false }), None, "wrong wire type");
     }
 
     #[test]
@@ -126,9 +109,9 @@ mod tests {
         let good = frame(&Sample { order_id: "x".into(), ..Sample::default() });
         let mut compressed = good.clone();
         compressed[0] = 1;
-        assert_eq!(key_bytes(&compressed, 1, WireKind::Bytes), None);
-        assert_eq!(key_bytes(&good[..good.len() - 1], 1, WireKind::Bytes), None);
-        assert_eq!(key_bytes(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff], 1, WireKind::Bytes), None);
-        assert_eq!(key_bytes(&[], 1, WireKind::Bytes), None);
+        assert_eq!(key_bytes(&compressed, 1, HashKeyKind::Bytes), None);
+        assert_eq!(key_bytes(&good[..good.len() - 1], 1, HashKeyKind::Bytes), None);
+        assert_eq!(key_bytes(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff], 1, HashKeyKind::Bytes), None);
+        assert_eq!(key_bytes(&[], 1, HashKeyKind::Bytes), None);
     }
 }

@@ -52,7 +52,7 @@ use self::breaker::{Admit, Breakers};
 use self::endpoint::EndpointState;
 use self::retry::{MAX_ATTEMPTS, RetryBudget};
 use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout, outbound_deadline};
-use crate::descriptor::{ServiceDescriptor, StreamingKind};
+use crate::descriptor::{HashKeyField, ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error};
 use crate::registry::{AbortOnDrop, Endpoint, Registry};
 
@@ -180,13 +180,16 @@ impl Channel {
             .methods()
             .iter()
             .map(|m| {
+                // The configuration overrides the proto's policy.
                 let overrides = config.methods.get(m.name()).copied().unwrap_or_default();
+                let policy = m.policy();
                 let settings = MethodSettings {
                     retry_safe: m.idempotency().is_retry_safe(),
                     replayable: matches!(m.kind(), StreamingKind::Unary | StreamingKind::ServerStreaming),
-                    timeout: overrides.timeout.unwrap_or(DEFAULT_TIMEOUT),
-                    max_attempts: overrides.max_attempts.unwrap_or(MAX_ATTEMPTS).max(1),
-                    hedge: None,
+                    timeout: overrides.timeout.or(policy.timeout()).unwrap_or(DEFAULT_TIMEOUT),
+                    max_attempts: overrides.max_attempts.unwrap_or(policy.max_attempts()).max(1),
+                    hedge: policy.hedge().map(|h| (h.delay(), h.max_attempts())),
+                    hash_key: policy.hash_key(),
                 };
                 (m.path(), settings)
             })
@@ -388,7 +391,6 @@ impl Shared {
                 "{path}: the deadline passed before the call was sent"
             )));
         }
-        let key = parts.extensions.get::<HashKey>().map(|k| k.0);
         // A single-message request is kept, so it can be sent again.
         let body = if method.replayable {
             let bytes =
@@ -397,6 +399,13 @@ impl Shared {
         } else {
             Payload::Once(Some(body))
         };
+        // A key set in code wins over the proto's hash_key field.
+        let key = parts.extensions.get::<HashKey>().map(|k| k.0).or_else(|| match (&body, method.hash_key) {
+            (Payload::Replayable(bytes), Some(field)) => {
+                hash_field::key_bytes(bytes, field.number(), field.kind()).map(|key| balance::hash_key(&key))
+            }
+            _ => None,
+        });
         // The breaker judges calls, after retries: one failing instance is
         // the ejection's business, a failing service is the breaker's.
         let breaker = self.breakers.of(self.method_key(&path));
@@ -670,6 +679,8 @@ struct MethodSettings {
     max_attempts: u32,
     /// Hedging: another attempt after this delay, at most this many in flight.
     hedge: Option<(Duration, u32)>,
+    /// The request field to route by with consistent hashing.
+    hash_key: Option<HashKeyField>,
 }
 
 impl MethodSettings {
@@ -680,6 +691,7 @@ impl MethodSettings {
         timeout: DEFAULT_TIMEOUT,
         max_attempts: MAX_ATTEMPTS,
         hedge: None,
+        hash_key: None,
     };
 }
 

@@ -97,7 +97,10 @@ mod tests {
         let sample = Sample { order_id: "order-42".into(), amount: 300, shard: 7, blob: vec![1, 2] };
         let frame = frame(&sample);
         assert_eq!(key_bytes(&frame, 1, HashKeyKind::Bytes).as_deref(), Some(&b"order-42"[..]));
-        assert_eq!(key_bytes(&frame, 2, HashKeyKind::Varint { zigzag: false }), Some(300u64.to_le_bytes().to_vec()));
+        assert_eq!(
+            key_bytes(&frame, 2, HashKeyKind::Varint { zigzag: false }),
+            Some(300u64.to_le_bytes().to_vec())
+        );
         assert_eq!(key_bytes(&frame, 3, HashKeyKind::Fixed32), Some(7u32.to_le_bytes().to_vec()));
         assert_eq!(key_bytes(&frame, 4, HashKeyKind::Bytes), Some(vec![1, 2]));
         assert_eq!(key_bytes(&frame, 9, HashKeyKind::Bytes), None, "absent field");

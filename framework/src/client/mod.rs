@@ -136,7 +136,7 @@ struct Shared {
     changed: watch::Receiver<u64>,
     breakers: Breakers,
     budget: RetryBudget,
-    /// Caps the extra load hedging adds: 10% of calls plus 1 per second.
+    /// Caps the extra load hedging adds: 10% of calls plus 2 per second.
     hedge_budget: RetryBudget,
     hedges: AtomicU64,
     calls: Mutex<BTreeMap<Endpoint, Arc<AtomicU64>>>,
@@ -204,7 +204,7 @@ impl Channel {
             changed,
             breakers: Breakers::default(),
             budget: RetryBudget::default(),
-            hedge_budget: RetryBudget::new(0.1, 1),
+            hedge_budget: RetryBudget::new(0.1, 2),
             hedges: AtomicU64::new(0),
             calls: Mutex::new(BTreeMap::new()),
             retries: AtomicU64::new(0),

@@ -112,3 +112,46 @@ async fn max_attempts_from_configuration_limits_retries() {
     }
     assert_eq!(channel.stats().retries, 0, "{:?}", channel.stats());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reporting_not_serving_gets_no_more_calls() {
+    // Two instances; the second will announce shutdown and keep serving for 5 s.
+    let mut ports = Vec::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stopped = Some(stopped);
+    for _ in 0..2 {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let mut builder = trellis::Server::builder()
+            .listen(([127, 0, 0, 1], port).into())
+            .add_service(DeepServer::new(Whoami(port)))
+            .propagation_delay(Duration::from_secs(5));
+        if ports.len() == 1 {
+            let stopped = stopped.take().expect("one stopper");
+            builder = builder.shutdown_signal(async {
+                let _ = stopped.await;
+            });
+        }
+        tokio::spawn(builder.bind().await.expect("bind").serve());
+        ports.push(port);
+    }
+    let url = format!("static://{}=127.0.0.1:{},127.0.0.1:{}", DEEP_DESCRIPTOR.name(), ports[0], ports[1]);
+    let registry = Registry::from_url(&url).expect("registry");
+    let mut client = DeepClient::discover(&registry).expect("client");
+    let seen = answers(&mut client, 60, None).await;
+    assert_eq!(seen.len(), 2, "both instances serve at first: {seen:?}");
+
+    let _ = stop.send(());
+    let start = Instant::now();
+    loop {
+        let seen = answers(&mut client, 30, None).await;
+        if seen.keys().all(|port| *port == u32::from(ports[0])) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "still routed to the NOT_SERVING instance: {seen:?}"
+        );
+    }
+    eprintln!("NOT_SERVING instance left the rotation within {:?}", start.elapsed());
+}

@@ -143,3 +143,30 @@ async fn the_protos_hash_key_routes_like_a_key_set_in_code() {
     let instances: std::collections::HashSet<&String> = homes.values().collect();
     assert!(instances.len() >= 3, "16 keys over 4 instances landed on {}", instances.len());
 }
+
+/// The hedge schedule on tokio's paused clock: with the first instance
+/// taking 500 ms and the second answering at once, a call takes exactly the
+/// 50 ms hedge delay, in virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_goes_out_exactly_after_its_delay() {
+    let registry = servers(&[Duration::from_millis(500), Duration::ZERO]).await;
+    let channel =
+        Channel::with_balance(&registry, &ACCOUNTS_DESCRIPTOR, Balance::RoundRobin).expect("channel");
+    let mut client = AccountsClient::new(channel.clone());
+    let mut hedged = 0;
+    for n in 0..6 {
+        let hedges_before = channel.stats().hedges;
+        let start = tokio::time::Instant::now();
+        let account = client.get_account(get(&format!("acct-{n}"))).await.expect("answered").into_inner();
+        let took = start.elapsed();
+        if channel.stats().hedges > hedges_before {
+            // The slow instance was tried first; the hedge answered.
+            hedged += 1;
+            assert!(took >= Duration::from_millis(50) && took < Duration::from_millis(60), "took {took:?}");
+        } else {
+            assert!(took < Duration::from_millis(50), "no hedge, yet took {took:?}: {account:?}");
+        }
+    }
+    // Round robin sends every other first attempt to the slow instance.
+    assert!(hedged >= 2, "{hedged} hedged calls");
+}

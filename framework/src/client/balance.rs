@@ -128,3 +128,89 @@ const FIXED: std::hash::BuildHasherDefault<std::hash::DefaultHasher> = std::hash
 pub(super) fn hash_key(key: &[u8]) -> u64 {
     FIXED.hash_one(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::client::breaker::FIRST_OPEN;
+    use crate::registry::Endpoint;
+
+    fn endpoints(n: u16) -> (Endpoints, Vec<Arc<EndpointState>>) {
+        let list: Vec<Arc<EndpointState>> = (1..=n)
+            .map(|port| {
+                let endpoint = Endpoint::new("127.0.0.1", port);
+                Arc::new(EndpointState::connect(&endpoint, "t.v1.T", Arc::new(AtomicU64::new(0))).unwrap())
+            })
+            .collect();
+        let set = Endpoints::default();
+        set.replace(list.clone());
+        (set, list)
+    }
+
+    fn ports(set: &Endpoints, tried: &[Arc<EndpointState>], picks: usize) -> HashSet<u16> {
+        let mut rng = fastrand::Rng::with_seed(3);
+        (0..picks)
+            .map(|_| set.pick(Balance::PeakEwma, tried, None, &mut rng).unwrap().endpoint.endpoint.port())
+            .collect()
+    }
+
+    fn eject(endpoint: &EndpointState) {
+        endpoint.ejection.lock().unwrap().force_open(Instant::now(), "test");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn avoids_tried_ejected_and_not_serving_endpoints() {
+        let (set, list) = endpoints(4);
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1, 2, 3, 4]));
+        assert_eq!(ports(&set, &list[..1], 200), HashSet::from([2, 3, 4]), "a retry goes elsewhere");
+        eject(&list[1]);
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1, 3, 4]), "ejected");
+        list[2].set_serving(false);
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1, 4]), "NOT_SERVING");
+        // All tried: any endpoint beats failing the call.
+        assert!(set.pick(Balance::PeakEwma, &list, None, &mut fastrand::Rng::new()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_panic_threshold_ejection_is_ignored() {
+        let (set, list) = endpoints(4);
+        eject(&list[0]);
+        eject(&list[1]);
+        assert_eq!(ports(&set, &[], 200), HashSet::from([3, 4]), "half ejected: still honoured");
+        eject(&list[2]);
+        assert_eq!(ports(&set, &[], 400), HashSet::from([1, 2, 3, 4]), "most ejected: ignored");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_gets_one_probe_at_a_time_when_due() {
+        let (set, list) = endpoints(3);
+        eject(&list[0]);
+        let mut rng = fastrand::Rng::with_seed(5);
+        assert!((0..50).all(|_| !set.pick(Balance::PeakEwma, &[], None, &mut rng).unwrap().probe));
+        tokio::time::advance(FIRST_OPEN).await;
+        let probe = set.pick(Balance::PeakEwma, &[], None, &mut rng).unwrap();
+        assert!(probe.probe && probe.endpoint.endpoint.port() == 1);
+        // While the probe is out, the endpoint stays out of rotation.
+        assert_eq!(ports(&set, &[], 100), HashSet::from([2, 3]));
+        probe.endpoint.ejection.lock().unwrap().succeeded();
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1, 2, 3]), "back after a good probe");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_and_hashing_are_deterministic() {
+        let (set, _) = endpoints(3);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let turns: Vec<u16> = (0..6)
+            .map(|_| set.pick(Balance::RoundRobin, &[], None, &mut rng).unwrap().endpoint.endpoint.port())
+            .collect();
+        assert_eq!(turns[..3], turns[3..], "each in turn: {turns:?}");
+        let key = Some(hash_key(b"order-42"));
+        let homes: HashSet<u16> = (0..50)
+            .map(|_| set.pick(Balance::ConsistentHash, &[], key, &mut rng).unwrap().endpoint.endpoint.port())
+            .collect();
+        assert_eq!(homes.len(), 1);
+    }
+}

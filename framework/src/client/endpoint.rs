@@ -150,6 +150,12 @@ impl EndpointState {
         self.serving.load(Ordering::Relaxed)
     }
 
+    /// Records what the server's health says (tests use it directly).
+    #[cfg(test)]
+    pub(super) fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
+    }
+
     /// Whether it is in the balancer's normal rotation (not ejected).
     pub(super) fn in_rotation(&self) -> bool {
         self.ejection.lock().unwrap_or_else(PoisonError::into_inner).is_closed()

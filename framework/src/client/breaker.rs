@@ -16,8 +16,6 @@
 //! errors, `UNAVAILABLE` and `DEADLINE_EXCEEDED`. Application errors such as
 //! `NOT_FOUND` are answers, and the breaker's own refusals are never counted.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -150,31 +148,6 @@ impl Breaker {
     /// Whether calls are being refused now.
     pub(crate) fn is_open(&self) -> bool {
         !matches!(self.state, State::Closed { .. })
-    }
-}
-
-/// The breakers of one target, by method path.
-#[derive(Debug, Default)]
-pub(crate) struct Breakers {
-    by_method: Mutex<HashMap<&'static str, Arc<Mutex<Breaker>>>>,
-    trips: std::sync::atomic::AtomicU64,
-}
-
-impl Breakers {
-    /// The breaker of `method`.
-    pub(crate) fn of(&self, method: &'static str) -> Arc<Mutex<Breaker>> {
-        let mut map = self.by_method.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(method).or_default().clone()
-    }
-
-    /// Counts a breaker opening from closed.
-    pub(crate) fn tripped(&self) {
-        self.trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How many times a breaker of this target opened.
-    pub(crate) fn trips(&self) -> u64 {
-        self.trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -48,7 +48,7 @@ use tower_service::Service;
 pub use balance::Balance;
 pub use retry::UNPROCESSED;
 
-use self::breaker::{Admit, Breakers};
+use self::breaker::Admit;
 use self::endpoint::EndpointState;
 use self::retry::{MAX_ATTEMPTS, RetryBudget};
 use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout, outbound_deadline};
@@ -129,12 +129,15 @@ struct Shared {
     service: &'static ServiceDescriptor,
     registry: String,
     balance: Balance,
-    /// Per method path: its policy, with the configuration's overrides.
-    methods: HashMap<&'static str, MethodSettings>,
+    /// Per method path: its policy, with the configuration's overrides, and
+    /// its circuit breaker.
+    methods: HashMap<&'static str, Method>,
+    /// For calls to paths the descriptor does not know.
+    unknown_method: Method,
     endpoints: balance::Endpoints,
     /// Bumped on every change of endpoints, to wake calls waiting for one.
     changed: watch::Receiver<u64>,
-    breakers: Breakers,
+    breaker_trips: AtomicU64,
     budget: RetryBudget,
     /// Caps the extra load hedging adds: 10% of calls plus 2 per second.
     hedge_budget: RetryBudget,
@@ -191,7 +194,7 @@ impl Channel {
                     hedge: policy.hedge().map(|h| (h.delay(), h.max_attempts())),
                     hash_key: policy.hash_key(),
                 };
-                (m.path(), settings)
+                (m.path(), Method { settings, breaker: Mutex::default() })
             })
             .collect();
         let (bump, changed) = watch::channel(0);
@@ -200,9 +203,10 @@ impl Channel {
             registry: registry.url().to_owned(),
             balance,
             methods,
+            unknown_method: Method { settings: MethodSettings::UNKNOWN, breaker: Mutex::default() },
             endpoints: balance::Endpoints::default(),
             changed,
-            breakers: Breakers::default(),
+            breaker_trips: AtomicU64::new(0),
             budget: RetryBudget::default(),
             hedge_budget: RetryBudget::new(0.1, 2),
             hedges: AtomicU64::new(0),
@@ -240,7 +244,7 @@ impl Channel {
             retries: self.shared.retries.load(Ordering::Relaxed),
             retries_over_budget: self.shared.retries_over_budget.load(Ordering::Relaxed),
             ejections: self.shared.ejections.load(Ordering::Relaxed),
-            breaker_trips: self.shared.breakers.trips(),
+            breaker_trips: self.shared.breaker_trips.load(Ordering::Relaxed),
             hedges: self.shared.hedges.load(Ordering::Relaxed),
         }
     }
@@ -380,7 +384,9 @@ impl Shared {
     async fn call(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, Status> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
-        let method = self.methods.get(path.as_str()).copied().unwrap_or(MethodSettings::UNKNOWN);
+        let Method { settings: method, breaker } =
+            self.methods.get(path.as_str()).unwrap_or(&self.unknown_method);
+        let method = *method;
         let own = parts.headers.get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
         let start = Instant::now();
         let own = own.unwrap_or(method.timeout);
@@ -408,11 +414,10 @@ impl Shared {
         });
         // The breaker judges calls, after retries: one failing instance is
         // the ejection's business, a failing service is the breaker's.
-        let breaker = self.breakers.of(self.method_key(&path));
         let admit = breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now());
         let mut probe = match admit {
             Admit::Call => BreakerProbe::none(),
-            Admit::Probe => BreakerProbe::new(&breaker),
+            Admit::Probe => BreakerProbe::new(breaker),
             Admit::Refuse { retry_in, last_failure } => {
                 return Err(Status::unavailable(format!(
                     "{path}: circuit open for {}: calls keep failing ({last_failure}); next try in {retry_in:?}",
@@ -439,7 +444,7 @@ impl Shared {
                     breaker.failed(Instant::now(), status.message());
                     if was_closed && breaker.is_open() {
                         tracing::warn!(service = self.service.name(), "circuit opened: {}", status.message());
-                        self.breakers.tripped();
+                        self.breaker_trips.fetch_add(1, Ordering::Relaxed);
                     }
                 } else {
                     breaker.abandoned();
@@ -649,11 +654,6 @@ impl Shared {
         }
     }
 
-    /// The `'static` path of `path` in the descriptor (unknown paths share one key).
-    fn method_key(&self, path: &str) -> &'static str {
-        self.methods.get_key_value(path).map_or("(unknown method)", |(k, _)| k)
-    }
-
     /// Records a failure of one endpoint, ejecting it after several.
     fn endpoint_failed(&self, endpoint: &EndpointState, failure: &str) {
         let mut ejection = endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner);
@@ -664,6 +664,14 @@ impl Shared {
             self.ejections.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// One method of a channel's service.
+#[derive(Debug)]
+struct Method {
+    settings: MethodSettings,
+    /// Judges this method's calls to the service.
+    breaker: Mutex<breaker::Breaker>,
 }
 
 /// How a channel treats one method.

@@ -546,3 +546,40 @@ async fn an_unreachable_etcd_is_an_error_naming_it_and_bad_urls_too() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_service_process_expires_and_a_stopped_one_leaves_at_once() {
+    use order_payment::proto::order::payment::v1::ORDER_PAYMENT_SERVICE_NAME;
+    bounded(async {
+        let etcd = Cluster::start(1).await;
+        let url = etcd.url("");
+        let registry = Registry::from_url(&url).expect("registry");
+        let mut resolution = registry.resolve(ORDER_PAYMENT_SERVICE_NAME).await.expect("resolve");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = format!("payment.database={}", dir.path().join("p.sqlite3").display());
+        let args =
+            ["--registry", url.as_str(), "--set", db.as_str(), "--set", "shutdown.propagation_delay=2s"];
+        let killed = trellis_tests::Service::start("order-payment", &args).await;
+        let mut stopped = trellis_tests::Service::start("order-payment", &args).await;
+        wait_for(&mut resolution, Duration::from_secs(5), |i| i.len() == 2).await;
+
+        killed.signal(Signal::SIGKILL);
+        let start = Instant::now();
+        wait_for(&mut resolution, trellis::registry::DEFAULT_TTL + Duration::from_secs(4), |i| i.len() == 1)
+            .await;
+        eprintln!(
+            "etcd: SIGKILLed process gone after {:?} (ttl {:?})",
+            start.elapsed(),
+            trellis::registry::DEFAULT_TTL
+        );
+        assert_eq!(resolution.current()[0].endpoint, Endpoint::from(stopped.addr()));
+
+        // SIGTERM deregisters before the propagation delay.
+        stopped.signal(Signal::SIGTERM);
+        let start = Instant::now();
+        wait_for(&mut resolution, Duration::from_secs(1), <[Instance]>::is_empty).await;
+        eprintln!("etcd: SIGTERMed process deregistered after {:?}", start.elapsed());
+        assert!(stopped.wait(Duration::from_secs(10)).await.success());
+    })
+    .await;
+}

@@ -1,0 +1,393 @@
+//! `trellis-bench`: Trellis against raw tonic and stock tower, side by side.
+//!
+//! Every scenario runs its contenders in one process, interleaved, several
+//! repetitions each, and reports medians and ratios: on a shared, noisy
+//! machine absolute numbers drift, ratios hold. Servers and clients run on
+//! loopback in this process.
+//!
+//! ```text
+//! cargo run --release -p trellis-bench -- all [--quick] [--json FILE]
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use trellis::codegen::tonic;
+use trellis::{Registry, Request, Response, Status};
+
+#[allow(missing_docs, unreachable_pub, dead_code, clippy::all)]
+mod proto {
+    trellis::include_protos!();
+}
+
+use proto::bench::v1::bench_client::BenchClient;
+use proto::bench::v1::bench_server::{Bench, BenchServer};
+use proto::bench::v1::{BENCH_DESCRIPTOR, Payload};
+
+/// Trellis against raw tonic and stock tower, side by side, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "trellis-bench", version, about)]
+struct Args {
+    /// Which scenario to run.
+    scenario: Scenario,
+    /// Fewer calls and repetitions: a smoke check in well under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the results as JSON [default: target/bench.json].
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Every scenario.
+    All,
+    /// Unary calls through a raw tonic channel to a bare tonic server, against
+    /// the full Trellis client to a Trellis server.
+    Overhead,
+    /// One instance of 3 or 5 ten times slower, under four balancers.
+    Slow,
+}
+
+/// Echoes after a fixed simulated service time.
+#[derive(Debug)]
+struct Work(Duration);
+
+#[trellis::async_trait]
+impl Bench for Work {
+    async fn echo(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        if !self.0.is_zero() {
+            tokio::time::sleep(self.0).await;
+        }
+        Ok(Response::new(request.into_inner()))
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
+}
+
+/// A bare tonic server: no health, no reflection, no layers.
+async fn tonic_server(work: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(BenchServer::new(Work(work)))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+/// A Trellis server: health, reflection, tracing, limits, drain, all on.
+async fn trellis_server(work: Duration) -> SocketAddr {
+    let server = trellis::Server::builder()
+        .listen(free_addr())
+        .add_service(BenchServer::new(Work(work)))
+        .bind()
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    tokio::spawn(server.serve());
+    addr
+}
+
+fn static_registry(addrs: &[SocketAddr]) -> Registry {
+    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    Registry::from_url(&format!("static://{}={}", BENCH_DESCRIPTOR.name(), list.join(","))).expect("registry")
+}
+
+type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send>> + Send + Sync>;
+
+/// Makes a [`Call`] from any client of the bench service.
+fn caller<T>(client: BenchClient<T>) -> Call
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    T::Future: Send,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    T::Error: Into<tonic::codegen::StdError>,
+{
+    Arc::new(move || {
+        let mut client = client.clone();
+        Box::pin(async move { client.echo(Payload { data: vec![7; 64] }).await.map(|_| ()) })
+    })
+}
+
+/// The result of one run of one contender.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    failures: usize,
+}
+
+/// `calls` calls, `concurrency` at a time.
+async fn run(call: &Call, calls: usize, concurrency: usize) -> Run {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (call, next) = (call.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0;
+                while next.fetch_add(1, Ordering::Relaxed) < calls {
+                    let began = Instant::now();
+                    match call().await {
+                        Ok(()) => latencies.push(began.elapsed()),
+                        Err(_) => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(calls);
+    let mut failures = 0;
+    for worker in workers {
+        let (l, f) = worker.await.expect("worker");
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let at =
+        |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
+    Run { throughput: latencies.len() as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99), failures }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Medians over repetitions of one contender.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    throughput: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failures: usize,
+}
+
+fn summarize(runs: &[Run]) -> Summary {
+    Summary {
+        throughput: median(runs.iter().map(|r| r.throughput).collect()),
+        p50_ms: median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect()),
+        p99_ms: median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect()),
+        failures: runs.iter().map(|r| r.failures).sum(),
+    }
+}
+
+/// Runs `contenders` interleaved, `reps` times each, after one warm-up run.
+async fn compare(contenders: &[(&str, Call)], calls: usize, concurrency: usize, reps: usize) -> Vec<Summary> {
+    for (_, call) in contenders {
+        run(call, calls / 4, concurrency).await;
+    }
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
+    for _ in 0..reps {
+        for (i, (_, call)) in contenders.iter().enumerate() {
+            runs[i].push(run(call, calls, concurrency).await);
+        }
+    }
+    runs.iter().map(|r| summarize(r)).collect()
+}
+
+fn print_table(title: &str, names: &[&str], summaries: &[Summary], baseline: usize) {
+    println!("\n{title}");
+    println!(
+        "  {:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "contender", "calls/s", "p50 ms", "p99 ms", "failed", "tput x", "p99 x"
+    );
+    for (name, s) in names.iter().zip(summaries) {
+        let base = summaries[baseline];
+        println!(
+            "  {:<28} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>10.3} {:>9.3}",
+            name,
+            s.throughput,
+            s.p50_ms,
+            s.p99_ms,
+            s.failures,
+            s.throughput / base.throughput,
+            s.p99_ms / base.p99_ms
+        );
+    }
+}
+
+fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json::Value {
+    let base = summaries[baseline];
+    names
+        .iter()
+        .zip(summaries)
+        .map(|(name, s)| {
+            json!({
+                "contender": name,
+                "calls_per_sec": s.throughput,
+                "p50_ms": s.p50_ms,
+                "p99_ms": s.p99_ms,
+                "failures": s.failures,
+                "throughput_ratio": s.throughput / base.throughput,
+                "p99_ratio": s.p99_ms / base.p99_ms,
+            })
+        })
+        .collect()
+}
+
+/// Scenario 1: the cost of everything Trellis adds, on both sides.
+async fn overhead(quick: bool) -> serde_json::Value {
+    let raw_addr = tonic_server(Duration::ZERO).await;
+    let trellis_addr = trellis_server(Duration::ZERO).await;
+    let raw = tonic::transport::Endpoint::from_shared(format!("http://{raw_addr}"))
+        .expect("uri")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect");
+    let contenders: Vec<(&str, Call)> = vec![
+        ("raw tonic -> bare tonic", caller(BenchClient::new(raw))),
+        (
+            "trellis -> trellis",
+            caller(BenchClient::new(
+                trellis::codegen::Channel::discover(&static_registry(&[trellis_addr]), &BENCH_DESCRIPTOR)
+                    .expect("channel"),
+            )),
+        ),
+    ];
+    let names: Vec<&str> = contenders.iter().map(|(n, _)| *n).collect();
+    let reps = if quick { 2 } else { 5 };
+    let mut results = serde_json::Map::new();
+    for (concurrency, calls) in
+        [(1, if quick { 1_000 } else { 5_000 }), (64, if quick { 5_000 } else { 40_000 })]
+    {
+        let summaries = compare(&contenders, calls, concurrency, reps).await;
+        print_table(
+            &format!(
+                "overhead: unary, concurrency {concurrency}, {calls} calls x {reps} (ratios vs raw tonic)"
+            ),
+            &names,
+            &summaries,
+            0,
+        );
+        results.insert(format!("concurrency_{concurrency}"), to_json(&names, &summaries, 0));
+    }
+    serde_json::Value::Object(results)
+}
+
+/// The contenders of the slow-instance scenario, over `addrs`.
+async fn balancers(addrs: &[SocketAddr]) -> Vec<(&'static str, Call)> {
+    use tower::balance::p2c::Balance;
+    use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
+
+    let registry = static_registry(addrs);
+    let endpoints = addrs.iter().map(|a| {
+        tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("uri").tcp_nodelay(true)
+    });
+    let tonic_balanced = tonic::transport::Channel::balance_list(endpoints.clone());
+    let channels: Vec<tonic::transport::Channel> = endpoints.map(|e| e.connect_lazy()).collect();
+    let discover = PeakEwmaDiscover::new(
+        tower::discover::ServiceList::new(channels),
+        Duration::from_millis(30),
+        Duration::from_secs(10),
+        CompleteOnResponse::default(),
+    );
+    let tower_p2c = tower::buffer::Buffer::new(Balance::new(discover), 1024);
+    let trellis = |balance| {
+        trellis::codegen::Channel::with_balance(&registry, &BENCH_DESCRIPTOR, balance).expect("channel")
+    };
+    vec![
+        ("trellis p2c peak-ewma", caller(BenchClient::new(trellis(trellis::client::Balance::PeakEwma)))),
+        ("trellis round robin", caller(BenchClient::new(trellis(trellis::client::Balance::RoundRobin)))),
+        ("tonic balance_list", caller(BenchClient::new(tonic_balanced))),
+        ("tower p2c + PeakEwma", caller(BenchClient::new(tower_p2c))),
+    ]
+}
+
+/// Scenario 2: one instance ten times slower than the others.
+async fn slow(quick: bool) -> serde_json::Value {
+    const WORK: Duration = Duration::from_millis(2);
+    let (calls, reps, concurrency) = if quick { (1_500, 2, 16) } else { (6_000, 5, 16) };
+    let mut results = serde_json::Map::new();
+    for instances in [3, 5] {
+        let mut healthy = Vec::new();
+        let mut degraded = Vec::new();
+        for i in 0..instances {
+            healthy.push(trellis_server(WORK).await);
+            degraded.push(trellis_server(if i == 0 { WORK * 10 } else { WORK }).await);
+        }
+        let healthy = balancers(&healthy).await;
+        let degraded = balancers(&degraded).await;
+        // Interleaved pairs: each contender healthy, then with a slow instance.
+        let mut contenders: Vec<(&str, Call)> = Vec::new();
+        for ((name, good), (_, bad)) in healthy.into_iter().zip(degraded) {
+            contenders.push((name, good));
+            contenders.push((name, bad));
+        }
+        let summaries = compare(&contenders, calls, concurrency, reps).await;
+        let mut json = Vec::new();
+        println!(
+            "\nslow instance: {instances} instances, one at {:?} instead of {WORK:?}, concurrency {concurrency}, \
+             {calls} calls x {reps} (ratios vs the same balancer with all instances healthy)",
+            WORK * 10
+        );
+        println!(
+            "  {:<24} {:>12} {:>12} {:>11} {:>11} {:>9} {:>9}",
+            "balancer", "healthy c/s", "slow c/s", "healthy p99", "slow p99", "tput x", "p99 x"
+        );
+        for (pair, chunk) in summaries.chunks(2).enumerate() {
+            let (good, bad) = (chunk[0], chunk[1]);
+            let name = contenders[pair * 2].0;
+            println!(
+                "  {:<24} {:>12.0} {:>12.0} {:>9.2}ms {:>9.2}ms {:>9.3} {:>9.3}",
+                name,
+                good.throughput,
+                bad.throughput,
+                good.p99_ms,
+                bad.p99_ms,
+                bad.throughput / good.throughput,
+                bad.p99_ms / good.p99_ms
+            );
+            json.push(json!({
+                "balancer": name,
+                "healthy": { "calls_per_sec": good.throughput, "p50_ms": good.p50_ms, "p99_ms": good.p99_ms },
+                "slow": { "calls_per_sec": bad.throughput, "p50_ms": bad.p50_ms, "p99_ms": bad.p99_ms, "failures": bad.failures },
+                "throughput_ratio": bad.throughput / good.throughput,
+                "p99_ratio": bad.p99_ms / good.p99_ms,
+            }));
+        }
+        results.insert(format!("instances_{instances}"), serde_json::Value::Array(json));
+    }
+    serde_json::Value::Object(results)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let started = Instant::now();
+    let mut results = serde_json::Map::new();
+    results.insert("quick".into(), json!(args.quick));
+    results.insert("cores".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
+    if matches!(args.scenario, Scenario::All | Scenario::Overhead) {
+        results.insert("overhead".into(), overhead(args.quick).await);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Slow) {
+        results.insert("slow_instance".into(), slow(args.quick).await);
+    }
+    let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(results)).unwrap_or_default();
+    match std::fs::write(&path, text) {
+        Ok(()) => println!("\nresults written to {} in {:.0?}", path.display(), started.elapsed()),
+        Err(err) => {
+            eprintln!("trellis-bench: error: cannot write {}: {err}", path.display());
+            std::process::exit(1);
+        }
+    }
+}

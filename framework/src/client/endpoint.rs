@@ -81,6 +81,8 @@ pub(super) struct EndpointState {
     /// The sum of the start times of the calls in flight (nanoseconds since
     /// [`epoch`]), for their average age.
     pending_since: AtomicU64,
+    /// The round trip of the last answer, in nanoseconds.
+    last_rtt_ns: AtomicU64,
     /// Calls sent here, shared with the channel's per-endpoint counts.
     calls: Arc<AtomicU64>,
     /// Passive health: ejected after consecutive failures, back through a probe.
@@ -114,6 +116,7 @@ impl EndpointState {
             }),
             in_flight: AtomicUsize::new(0),
             pending_since: AtomicU64::new(0),
+            last_rtt_ns: AtomicU64::new(0),
             calls,
             ejection: Mutex::new(Breaker::for_endpoint()),
             serving,
@@ -137,6 +140,11 @@ impl EndpointState {
             }
         };
         estimate.max(pending_age) * (in_flight + 1) as f64
+    }
+
+    /// The round trip of the last answer (of the probe, while ejected).
+    pub(super) fn last_latency(&self) -> Duration {
+        Duration::from_nanos(self.last_rtt_ns.load(Ordering::Relaxed))
     }
 
     /// The plain mean latency, for comparing endpoints with each other.
@@ -168,7 +176,9 @@ impl EndpointState {
         let _in_flight = InFlight::enter(self, since_epoch(start));
         let result = self.conn.clone().oneshot(req).await;
         let now = Instant::now();
-        self.ewma.lock().unwrap_or_else(PoisonError::into_inner).sample(now - start, now);
+        let rtt = now - start;
+        self.last_rtt_ns.store(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.ewma.lock().unwrap_or_else(PoisonError::into_inner).sample(rtt, now);
         result
     }
 }

@@ -307,14 +307,13 @@ async fn eject_outliers(shared: std::sync::Weak<Shared>) {
         if rotation.len() < 3 || (rotation.len() - 1) * 2 < list.len() {
             continue;
         }
-        let mut latencies: Vec<Duration> = rotation.iter().map(|e| e.mean_latency()).collect();
-        latencies.sort_unstable();
-        let median = latencies[latencies.len() / 2];
-        let limit = median.mul_f64(OUTLIER_FACTOR).max(median + OUTLIER_MARGIN);
+        let Some(limit) = shared.outlier_limit() else { continue };
         let slowest = rotation.iter().max_by_key(|e| e.mean_latency()).filter(|e| e.mean_latency() > limit);
         if let Some(slowest) = slowest {
-            let reason =
-                format!("mean latency {:?} is far above the median {median:?}", slowest.mean_latency());
+            let reason = format!(
+                "mean latency {:?} is far above its peers' (limit {limit:?})",
+                slowest.mean_latency()
+            );
             tracing::info!(service = shared.service.name(), endpoint = %slowest.endpoint, "ejecting: {reason}");
             slowest
                 .ejection
@@ -496,7 +495,7 @@ impl Shared {
             };
             let failure = match failure.map(|result| self.classify(path, endpoint, result)) {
                 Some(Ok(response)) => {
-                    endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+                    self.endpoint_answered(endpoint, pick.probe);
                     endpoint_probe.done();
                     return Ok(response);
                 }
@@ -599,7 +598,7 @@ impl Shared {
                 Some((endpoint, probe, result)) = futures_util::StreamExt::next(&mut in_flight) => {
                     let failure = match self.classify(path, &endpoint, result) {
                         Ok(response) => {
-                            endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner).succeeded();
+                            self.endpoint_answered(&endpoint, probe.is_probe());
                             probe.done();
                             return Ok(response);
                         }
@@ -652,6 +651,36 @@ impl Shared {
                 )),
             )),
         }
+    }
+
+    /// Records an answer from an endpoint. An answer to a probe brings an
+    /// ejected endpoint back only if its latency is no longer far above its
+    /// peers': a slow instance that answers is still slow.
+    fn endpoint_answered(&self, endpoint: &EndpointState, probe: bool) {
+        let still_slow =
+            probe.then(|| self.outlier_limit()).flatten().filter(|limit| endpoint.last_latency() > *limit);
+        let mut ejection = endpoint.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+        match still_slow {
+            Some(limit) => {
+                let reason = format!("probe answered in {:?}, above {limit:?}", endpoint.last_latency());
+                ejection.force_open(Instant::now(), &reason);
+            }
+            None => ejection.succeeded(),
+        }
+    }
+
+    /// The latency above which an endpoint is an outlier: far above the
+    /// median of the endpoints in rotation (`None` with too few of them).
+    fn outlier_limit(&self) -> Option<Duration> {
+        let list = self.endpoints.snapshot();
+        let mut latencies: Vec<Duration> =
+            list.iter().filter(|e| e.in_rotation()).map(|e| e.mean_latency()).collect();
+        if latencies.len() < 2 {
+            return None;
+        }
+        latencies.sort_unstable();
+        let median = latencies[latencies.len() / 2];
+        Some(median.mul_f64(OUTLIER_FACTOR).max(median + OUTLIER_MARGIN))
     }
 
     /// Records a failure of one endpoint, ejecting it after several.
@@ -717,6 +746,11 @@ async fn attempt(
 struct OwnedProbe(Option<Arc<EndpointState>>);
 
 impl OwnedProbe {
+    /// Whether the attempt is an endpoint's probe.
+    fn is_probe(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// The outcome was reported.
     fn done(mut self) {
         self.0 = None;

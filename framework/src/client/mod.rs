@@ -478,11 +478,7 @@ impl Shared {
                 let message = format!("{path}: the request stream cannot be sent twice");
                 return Err(CallFailure { status: Status::internal(message), target: false });
             };
-            let mut request = Request::from_parts(parts.clone(), payload);
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
-                request.headers_mut().insert(GRPC_TIMEOUT, value);
-            }
+            let request = attempt_request(parts, payload, deadline);
 
             let endpoint = &pick.endpoint;
             let mut endpoint_probe =
@@ -570,14 +566,8 @@ impl Shared {
                         if hedge {
                             self.hedges.fetch_add(1, Ordering::Relaxed);
                         }
-                        let mut request = Request::from_parts(
-                            parts.clone(),
-                            Body::new(http_body_util::Full::new(body.clone())),
-                        );
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
-                            request.headers_mut().insert(GRPC_TIMEOUT, value);
-                        }
+                        let payload = Body::new(http_body_util::Full::new(body.clone()));
+                        let request = attempt_request(parts, payload, deadline);
                         tried.push(Arc::clone(&pick.endpoint));
                         in_flight.push(attempt(pick, request));
                     }
@@ -730,6 +720,17 @@ impl MethodSettings {
         hedge: None,
         hash_key: None,
     };
+}
+
+/// The request of one attempt: the call's headers, with what is left of its
+/// deadline as `grpc-timeout`.
+fn attempt_request(parts: &http::request::Parts, body: Body, deadline: Instant) -> Request<Body> {
+    let mut request = Request::from_parts(parts.clone(), body);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
+        request.headers_mut().insert(GRPC_TIMEOUT, value);
+    }
+    request
 }
 
 /// One attempt of a hedged call, holding its endpoint's probe slot if any.

@@ -424,11 +424,12 @@ impl Shared {
                 )));
             }
         };
+        let spec = CallSpec { path: &path, parts: &parts, key, deadline, timeout };
         let outcome = match (method.hedge, body) {
             (Some(hedge), Payload::Replayable(bytes)) if method.retry_safe => {
-                self.hedged(&path, &parts, bytes, hedge, key, deadline, timeout).await
+                self.hedged(spec, bytes, hedge).await
             }
-            (_, body) => self.attempts(&path, &parts, body, method, key, deadline, timeout).await,
+            (_, body) => self.attempts(spec, body, method).await,
         };
         probe.done();
         let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
@@ -455,17 +456,13 @@ impl Shared {
 
     /// Sends the call, and again to other endpoints where that is safe. See
     /// the [module docs](self).
-    #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
-        path: &str,
-        parts: &http::request::Parts,
+        spec: CallSpec<'_>,
         mut body: Payload,
         method: MethodSettings,
-        key: Option<u64>,
-        deadline: Instant,
-        timeout: Duration,
     ) -> Result<Response<Body>, CallFailure> {
+        let CallSpec { path, key, deadline, timeout, .. } = spec;
         let mut rng = fastrand::Rng::new();
         let mut tried: Vec<Arc<EndpointState>> = Vec::new();
         self.budget.deposit();
@@ -478,7 +475,7 @@ impl Shared {
                 let message = format!("{path}: the request stream cannot be sent twice");
                 return Err(CallFailure { status: Status::internal(message), target: false });
             };
-            let request = attempt_request(parts, payload, deadline);
+            let request = spec.request(payload);
 
             let endpoint = &pick.endpoint;
             let mut endpoint_probe =
@@ -533,17 +530,13 @@ impl Shared {
     /// to another instance every `delay`, at most `max` in flight, within the
     /// hedge budget; the first answer wins and the others are cancelled. A
     /// failed attempt is replaced at once by one to another instance.
-    #[allow(clippy::too_many_arguments)]
     async fn hedged(
         &self,
-        path: &str,
-        parts: &http::request::Parts,
+        spec: CallSpec<'_>,
         body: Bytes,
         (delay, max): (Duration, u32),
-        key: Option<u64>,
-        deadline: Instant,
-        timeout: Duration,
     ) -> Result<Response<Body>, CallFailure> {
+        let CallSpec { path, key, deadline, timeout, .. } = spec;
         let mut rng = fastrand::Rng::new();
         let mut tried: Vec<Arc<EndpointState>> = Vec::new();
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
@@ -567,7 +560,7 @@ impl Shared {
                             self.hedges.fetch_add(1, Ordering::Relaxed);
                         }
                         let payload = Body::new(http_body_util::Full::new(body.clone()));
-                        let request = attempt_request(parts, payload, deadline);
+                        let request = spec.request(payload);
                         tried.push(Arc::clone(&pick.endpoint));
                         in_flight.push(attempt(pick, request));
                     }
@@ -722,15 +715,29 @@ impl MethodSettings {
     };
 }
 
-/// The request of one attempt: the call's headers, with what is left of its
-/// deadline as `grpc-timeout`.
-fn attempt_request(parts: &http::request::Parts, body: Body, deadline: Instant) -> Request<Body> {
-    let mut request = Request::from_parts(parts.clone(), body);
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
-        request.headers_mut().insert(GRPC_TIMEOUT, value);
+/// What every attempt of one call shares.
+#[derive(Clone, Copy)]
+struct CallSpec<'a> {
+    path: &'a str,
+    parts: &'a http::request::Parts,
+    /// The consistent-hash key, if the call has one.
+    key: Option<u64>,
+    deadline: Instant,
+    /// The whole call's time budget, for messages.
+    timeout: Duration,
+}
+
+impl CallSpec<'_> {
+    /// The request of one attempt: the call's headers, with what is left of
+    /// its deadline as `grpc-timeout`.
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut request = Request::from_parts(self.parts.clone(), body);
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
+            request.headers_mut().insert(GRPC_TIMEOUT, value);
+        }
+        request
     }
-    request
 }
 
 /// One attempt of a hedged call, holding its endpoint's probe slot if any.

@@ -68,7 +68,11 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<load::Summary, String> {
     let temp;
     let dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+            dir.clone()
+        }
         None => {
             temp = tempfile::Builder::new()
                 .prefix("order-demo-")

@@ -42,3 +42,13 @@ fn bad_arguments_are_rejected_with_usage() {
     assert!(!ok);
     assert!(out.contains("--instances") && out.contains("1..=8"), "{out}");
 }
+
+#[test]
+fn a_data_dir_that_does_not_exist_yet_is_created() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("new").join("demo");
+    let (ok, out) = run(&["--orders", "20", "--instances", "1", "--data-dir", dir.to_str().expect("utf-8")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("succeeded      20"), "{out}");
+    assert!(dir.join("payments.sqlite3").is_file() && dir.join("order-payment-1.log").is_file(), "{out}");
+}

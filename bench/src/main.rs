@@ -26,6 +26,9 @@ mod proto {
     trellis::include_protos!();
 }
 
+mod overhead;
+mod slow;
+
 use proto::bench::v1::bench_client::BenchClient;
 use proto::bench::v1::bench_server::{Bench, BenchServer};
 use proto::bench::v1::{BENCH_DESCRIPTOR, Payload};
@@ -242,132 +245,6 @@ fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json
         .collect()
 }
 
-/// Scenario 1: the cost of everything Trellis adds, on both sides.
-async fn overhead(quick: bool) -> serde_json::Value {
-    let raw_addr = tonic_server(Duration::ZERO).await;
-    let trellis_addr = trellis_server(Duration::ZERO).await;
-    let raw = tonic::transport::Endpoint::from_shared(format!("http://{raw_addr}"))
-        .expect("uri")
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect");
-    let contenders: Vec<(&str, Call)> = vec![
-        ("raw tonic -> bare tonic", caller(BenchClient::new(raw))),
-        (
-            "trellis -> trellis",
-            caller(BenchClient::new(
-                trellis::codegen::Channel::discover(&static_registry(&[trellis_addr]), &BENCH_DESCRIPTOR)
-                    .expect("channel"),
-            )),
-        ),
-    ];
-    let names: Vec<&str> = contenders.iter().map(|(n, _)| *n).collect();
-    let reps = if quick { 2 } else { 5 };
-    let mut results = serde_json::Map::new();
-    for (concurrency, calls) in
-        [(1, if quick { 1_000 } else { 5_000 }), (64, if quick { 5_000 } else { 40_000 })]
-    {
-        let summaries = compare(&contenders, calls, concurrency, reps).await;
-        print_table(
-            &format!(
-                "overhead: unary, concurrency {concurrency}, {calls} calls x {reps} (ratios vs raw tonic)"
-            ),
-            &names,
-            &summaries,
-            0,
-        );
-        results.insert(format!("concurrency_{concurrency}"), to_json(&names, &summaries, 0));
-    }
-    serde_json::Value::Object(results)
-}
-
-/// The contenders of the slow-instance scenario, over `addrs`.
-async fn balancers(addrs: &[SocketAddr]) -> Vec<(&'static str, Call)> {
-    use tower::balance::p2c::Balance;
-    use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
-
-    let registry = static_registry(addrs);
-    let endpoints = addrs.iter().map(|a| {
-        tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("uri").tcp_nodelay(true)
-    });
-    let tonic_balanced = tonic::transport::Channel::balance_list(endpoints.clone());
-    let channels: Vec<tonic::transport::Channel> = endpoints.map(|e| e.connect_lazy()).collect();
-    let discover = PeakEwmaDiscover::new(
-        tower::discover::ServiceList::new(channels),
-        Duration::from_millis(30),
-        Duration::from_secs(10),
-        CompleteOnResponse::default(),
-    );
-    let tower_p2c = tower::buffer::Buffer::new(Balance::new(discover), 1024);
-    let trellis = |balance| {
-        trellis::codegen::Channel::with_balance(&registry, &BENCH_DESCRIPTOR, balance).expect("channel")
-    };
-    vec![
-        ("trellis p2c peak-ewma", caller(BenchClient::new(trellis(trellis::client::Balance::PeakEwma)))),
-        ("trellis round robin", caller(BenchClient::new(trellis(trellis::client::Balance::RoundRobin)))),
-        ("tonic balance_list", caller(BenchClient::new(tonic_balanced))),
-        ("tower p2c + PeakEwma", caller(BenchClient::new(tower_p2c))),
-    ]
-}
-
-/// Scenario 2: one instance ten times slower than the others.
-async fn slow(quick: bool) -> serde_json::Value {
-    const WORK: Duration = Duration::from_millis(2);
-    let (calls, reps, concurrency) = if quick { (1_500, 2, 16) } else { (6_000, 5, 16) };
-    let mut results = serde_json::Map::new();
-    for instances in [3, 5] {
-        let mut healthy = Vec::new();
-        let mut degraded = Vec::new();
-        for i in 0..instances {
-            healthy.push(trellis_server(WORK).await);
-            degraded.push(trellis_server(if i == 0 { WORK * 10 } else { WORK }).await);
-        }
-        let healthy = balancers(&healthy).await;
-        let degraded = balancers(&degraded).await;
-        // Interleaved pairs: each contender healthy, then with a slow instance.
-        let mut contenders: Vec<(&str, Call)> = Vec::new();
-        for ((name, good), (_, bad)) in healthy.into_iter().zip(degraded) {
-            contenders.push((name, good));
-            contenders.push((name, bad));
-        }
-        let summaries = compare(&contenders, calls, concurrency, reps).await;
-        let mut json = Vec::new();
-        println!(
-            "\nslow instance: {instances} instances, one at {:?} instead of {WORK:?}, concurrency {concurrency}, \
-             {calls} calls x {reps} (ratios vs the same balancer with all instances healthy)",
-            WORK * 10
-        );
-        println!(
-            "  {:<24} {:>12} {:>12} {:>11} {:>11} {:>9} {:>9}",
-            "balancer", "healthy c/s", "slow c/s", "healthy p99", "slow p99", "tput x", "p99 x"
-        );
-        for (pair, chunk) in summaries.chunks(2).enumerate() {
-            let (good, bad) = (chunk[0], chunk[1]);
-            let name = contenders[pair * 2].0;
-            println!(
-                "  {:<24} {:>12.0} {:>12.0} {:>9.2}ms {:>9.2}ms {:>9.3} {:>9.3}",
-                name,
-                good.throughput,
-                bad.throughput,
-                good.p99_ms,
-                bad.p99_ms,
-                bad.throughput / good.throughput,
-                bad.p99_ms / good.p99_ms
-            );
-            json.push(json!({
-                "balancer": name,
-                "healthy": { "calls_per_sec": good.throughput, "p50_ms": good.p50_ms, "p99_ms": good.p99_ms },
-                "slow": { "calls_per_sec": bad.throughput, "p50_ms": bad.p50_ms, "p99_ms": bad.p99_ms, "failures": bad.failures },
-                "throughput_ratio": bad.throughput / good.throughput,
-                "p99_ratio": bad.p99_ms / good.p99_ms,
-            }));
-        }
-        results.insert(format!("instances_{instances}"), serde_json::Value::Array(json));
-    }
-    serde_json::Value::Object(results)
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -376,10 +253,10 @@ async fn main() {
     results.insert("quick".into(), json!(args.quick));
     results.insert("cores".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
     if matches!(args.scenario, Scenario::All | Scenario::Overhead) {
-        results.insert("overhead".into(), overhead(args.quick).await);
+        results.insert("overhead".into(), overhead::run(args.quick).await);
     }
     if matches!(args.scenario, Scenario::All | Scenario::Slow) {
-        results.insert("slow_instance".into(), slow(args.quick).await);
+        results.insert("slow_instance".into(), slow::run(args.quick).await);
     }
     let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(results)).unwrap_or_default();

@@ -1,0 +1,49 @@
+//! Scenario 1: the cost of everything Trellis adds, on both sides.
+
+use std::time::Duration;
+
+use trellis::codegen::tonic;
+
+use crate::proto::bench::v1::BENCH_DESCRIPTOR;
+use crate::proto::bench::v1::bench_client::BenchClient;
+use crate::{Call, caller, compare, print_table, static_registry, to_json, tonic_server, trellis_server};
+
+/// Scenario 1: the cost of everything Trellis adds, on both sides.
+pub(crate) async fn run(quick: bool) -> serde_json::Value {
+    let raw_addr = tonic_server(Duration::ZERO).await;
+    let trellis_addr = trellis_server(Duration::ZERO).await;
+    let raw = tonic::transport::Endpoint::from_shared(format!("http://{raw_addr}"))
+        .expect("uri")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect");
+    let contenders: Vec<(&str, Call)> = vec![
+        ("raw tonic -> bare tonic", caller(BenchClient::new(raw))),
+        (
+            "trellis -> trellis",
+            caller(BenchClient::new(
+                trellis::codegen::Channel::discover(&static_registry(&[trellis_addr]), &BENCH_DESCRIPTOR)
+                    .expect("channel"),
+            )),
+        ),
+    ];
+    let names: Vec<&str> = contenders.iter().map(|(n, _)| *n).collect();
+    let reps = if quick { 2 } else { 5 };
+    let mut results = serde_json::Map::new();
+    for (concurrency, calls) in
+        [(1, if quick { 1_000 } else { 5_000 }), (64, if quick { 5_000 } else { 40_000 })]
+    {
+        let summaries = compare(&contenders, calls, concurrency, reps).await;
+        print_table(
+            &format!(
+                "overhead: unary, concurrency {concurrency}, {calls} calls x {reps} (ratios vs raw tonic)"
+            ),
+            &names,
+            &summaries,
+            0,
+        );
+        results.insert(format!("concurrency_{concurrency}"), to_json(&names, &summaries, 0));
+    }
+    serde_json::Value::Object(results)
+}

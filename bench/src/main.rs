@@ -26,6 +26,7 @@ mod proto {
     trellis::include_protos!();
 }
 
+mod buildtime;
 mod overhead;
 mod slow;
 
@@ -56,6 +57,8 @@ enum Scenario {
     Overhead,
     /// One instance of 3 or 5 ten times slower, under four balancers.
     Slow,
+    /// Build times: the codegen step, and a service crate built from scratch.
+    Build,
 }
 
 /// Echoes after a fixed simulated service time.
@@ -257,6 +260,11 @@ async fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::Slow) {
         results.insert("slow_instance".into(), slow::run(args.quick).await);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Build) {
+        let quick = args.quick;
+        let build = tokio::task::spawn_blocking(move || buildtime::run(quick)).await.expect("build scenario");
+        results.insert("build".into(), build);
     }
     let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(results)).unwrap_or_default();

@@ -13,7 +13,8 @@
 //!   and once on tonic alone, each in a fresh crate with a fresh target
 //!   directory, dependencies pinned by this workspace's `Cargo.lock`. Reports
 //!   the clean debug build, the time its `build.rs` spent generating code,
-//!   and the rebuild after the proto changes.
+//!   and the rebuild after the proto changes. Both crates are built with
+//!   `-D warnings`: generated code must compile cleanly in a user's crate.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -243,7 +244,8 @@ fn cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
         .arg("--quiet")
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", dir.join("target"))
-        .env_remove("RUSTFLAGS")
+        // The generated code must compile cleanly in a crate like a user's.
+        .env("RUSTFLAGS", "-D warnings")
         .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if output.status.success() {

@@ -124,8 +124,11 @@ fn trellis_tokens(
             format!(" Connects to `{full_name}` by name through `registry`, with the Trellis client stack.");
         tokens.extend(quote! {
             #[doc = #alias_doc]
+            // A crate that only serves the service does not use its client.
+            #[allow(dead_code)]
             pub type #client_type = #client_mod::#client_type<#codegen::Channel>;
 
+            #[allow(dead_code)]
             impl #client_mod::#client_type<#codegen::Channel> {
                 #[doc = #discover_doc]
                 ///

@@ -6,8 +6,11 @@
 //! loopback in this process.
 //!
 //! ```text
-//! cargo run --release -p trellis-bench -- all [--quick] [--json FILE]
+//! cargo run --release -p trellis-bench -- all [--quick] [--json FILE] [--plots DIR]
 //! ```
+//!
+//! The `failing` scenario also runs instances in child processes of this
+//! binary (the hidden `instance` mode), to kill them for real.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +30,9 @@ mod proto {
 }
 
 mod buildtime;
+mod failing;
 mod overhead;
+mod plot;
 mod slow;
 
 use proto::bench::v1::bench_client::BenchClient;
@@ -46,6 +51,12 @@ struct Args {
     /// Where to write the results as JSON [default: target/bench.json].
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+    /// Where to write the plots (SVG) [default: target/bench].
+    #[arg(long, value_name = "DIR")]
+    plots: Option<std::path::PathBuf>,
+    /// The address an `instance` listens on.
+    #[arg(long, value_name = "ADDR", hide = true)]
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,6 +68,12 @@ enum Scenario {
     Overhead,
     /// One instance of 3 or 5 ten times slower, under four balancers.
     Slow,
+    /// One instance of 3 failing for a while, or killed and restarted.
+    Failing,
+    /// One instance of the bench service, which the `failing` scenario
+    /// starts as a child process and kills.
+    #[value(hide = true)]
+    Instance,
     /// Build times: the codegen step, and a service crate built from scratch.
     Build,
 }
@@ -94,9 +111,14 @@ async fn tonic_server(work: Duration) -> SocketAddr {
 
 /// A Trellis server: health, reflection, tracing, limits, drain, all on.
 async fn trellis_server(work: Duration) -> SocketAddr {
+    trellis_server_with(Work(work)).await
+}
+
+/// A Trellis server of the bench service with its own handler.
+async fn trellis_server_with<T: Bench>(handler: T) -> SocketAddr {
     let server = trellis::Server::builder()
         .listen(free_addr())
-        .add_service(BenchServer::new(Work(work)))
+        .add_service(BenchServer::new(handler))
         .bind()
         .await
         .expect("bind");
@@ -251,6 +273,25 @@ fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if args.scenario == Scenario::Instance {
+        let Some(listen) = args.listen else {
+            eprintln!("trellis-bench: error: `instance` needs --listen ADDR");
+            std::process::exit(2);
+        };
+        if let Err(err) = failing::instance(listen).await {
+            eprintln!("trellis-bench: error: instance on {listen}: {err}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let plots = args.plots.unwrap_or_else(|| std::path::PathBuf::from("target/bench"));
+    let with_plots = matches!(args.scenario, Scenario::All | Scenario::Failing);
+    // Before minutes of work, not after.
+    if with_plots && let Err(err) = std::fs::create_dir_all(&plots) {
+        eprintln!("trellis-bench: error: cannot create the plot directory {}: {err}", plots.display());
+        std::process::exit(1);
+    }
+    let mut failed = false;
     let started = Instant::now();
     let mut results = serde_json::Map::new();
     results.insert("quick".into(), json!(args.quick));
@@ -261,6 +302,20 @@ async fn main() {
     if matches!(args.scenario, Scenario::All | Scenario::Slow) {
         results.insert("slow_instance".into(), slow::run(args.quick).await);
     }
+    if with_plots {
+        let (json, svgs) = failing::run(args.quick).await;
+        results.insert("failing_instance".into(), json);
+        for (name, svg) in svgs {
+            let path = plots.join(name);
+            match svg.and_then(|svg| std::fs::write(&path, svg).map_err(|e| e.to_string())) {
+                Ok(()) => println!("plot written to {}", path.display()),
+                Err(err) => {
+                    eprintln!("trellis-bench: error: cannot write {}: {err}", path.display());
+                    failed = true;
+                }
+            }
+        }
+    }
     if matches!(args.scenario, Scenario::All | Scenario::Build) {
         let quick = args.quick;
         let build = tokio::task::spawn_blocking(move || buildtime::run(quick)).await.expect("build scenario");
@@ -268,11 +323,16 @@ async fn main() {
     }
     let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(results)).unwrap_or_default();
-    match std::fs::write(&path, text) {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let written = parent.map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, text));
+    match written {
         Ok(()) => println!("\nresults written to {} in {:.0?}", path.display(), started.elapsed()),
         Err(err) => {
             eprintln!("trellis-bench: error: cannot write {}: {err}", path.display());
-            std::process::exit(1);
+            failed = true;
         }
+    }
+    if failed {
+        std::process::exit(1);
     }
 }

@@ -10,32 +10,43 @@ use crate::proto::bench::v1::BENCH_DESCRIPTOR;
 use crate::proto::bench::v1::bench_client::BenchClient;
 use crate::{Call, caller, compare, static_registry, trellis_server};
 
-/// The contenders of the slow-instance scenario, over `addrs`.
-pub(crate) async fn balancers(addrs: &[SocketAddr]) -> Vec<(&'static str, Call)> {
+/// tonic's own balancer over `addrs` (`Channel::balance_list`).
+pub(crate) fn tonic_balance_list(addrs: &[SocketAddr]) -> Call {
+    caller(BenchClient::new(tonic::transport::Channel::balance_list(endpoints(addrs))))
+}
+
+/// Stock tower over `addrs`: P2C over `PeakEwma`, one lazy tonic channel per instance.
+pub(crate) fn tower_p2c(addrs: &[SocketAddr]) -> Call {
     use tower::balance::p2c::Balance;
     use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 
-    let registry = static_registry(addrs);
-    let endpoints = addrs.iter().map(|a| {
-        tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("uri").tcp_nodelay(true)
-    });
-    let tonic_balanced = tonic::transport::Channel::balance_list(endpoints.clone());
-    let channels: Vec<tonic::transport::Channel> = endpoints.map(|e| e.connect_lazy()).collect();
+    let channels: Vec<tonic::transport::Channel> = endpoints(addrs).map(|e| e.connect_lazy()).collect();
     let discover = PeakEwmaDiscover::new(
         tower::discover::ServiceList::new(channels),
         Duration::from_millis(30),
         Duration::from_secs(10),
         CompleteOnResponse::default(),
     );
-    let tower_p2c = tower::buffer::Buffer::new(Balance::new(discover), 1024);
+    caller(BenchClient::new(tower::buffer::Buffer::new(Balance::new(discover), 1024)))
+}
+
+fn endpoints(addrs: &[SocketAddr]) -> impl Iterator<Item = tonic::transport::Endpoint> + Clone + '_ {
+    addrs.iter().map(|a| {
+        tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("uri").tcp_nodelay(true)
+    })
+}
+
+/// The contenders of the slow-instance scenario, over `addrs`.
+pub(crate) async fn balancers(addrs: &[SocketAddr]) -> Vec<(&'static str, Call)> {
+    let registry = static_registry(addrs);
     let trellis = |balance| {
         trellis::codegen::Channel::with_balance(&registry, &BENCH_DESCRIPTOR, balance).expect("channel")
     };
     vec![
         ("trellis p2c peak-ewma", caller(BenchClient::new(trellis(trellis::client::Balance::PeakEwma)))),
         ("trellis round robin", caller(BenchClient::new(trellis(trellis::client::Balance::RoundRobin)))),
-        ("tonic balance_list", caller(BenchClient::new(tonic_balanced))),
-        ("tower p2c + PeakEwma", caller(BenchClient::new(tower_p2c))),
+        ("tonic balance_list", tonic_balance_list(addrs)),
+        ("tower p2c + PeakEwma", tower_p2c(addrs)),
     ]
 }
 

@@ -130,7 +130,11 @@ impl Breaker {
                 State::Closed { failures: failures + 1 }
             }
             State::Closed { .. } => State::Open { until: now + FIRST_OPEN, period: FIRST_OPEN },
-            State::HalfOpen { period, .. } | State::Open { period, .. } => {
+            // A call let through before the breaker opened, failing late:
+            // nothing new about the target. Only a failed probe lengthens
+            // the open period.
+            State::Open { until, period } => State::Open { until, period },
+            State::HalfOpen { period, .. } => {
                 let period = (period * 2).min(MAX_OPEN);
                 State::Open { until: now + period, period }
             }
@@ -197,6 +201,21 @@ mod tests {
             assert_eq!(retry_in, period);
         }
         assert_eq!(period, MAX_OPEN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_failures_of_calls_let_through_before_opening_do_not_lengthen_it() {
+        let mut endpoint = Breaker::for_endpoint();
+        // Calls in flight together all fail, say when an instance is killed.
+        for _ in 0..FAILURES_TO_EJECT + 4 {
+            endpoint.failed(Instant::now(), "connection reset");
+        }
+        let Admit::Refuse { retry_in, .. } = endpoint.admit(Instant::now()) else { panic!("open") };
+        assert_eq!(retry_in, FIRST_OPEN);
+        tokio::time::advance(FIRST_OPEN / 2).await;
+        endpoint.failed(Instant::now(), "connection reset");
+        tokio::time::advance(FIRST_OPEN / 2).await;
+        assert_eq!(endpoint.admit(Instant::now()), Admit::Probe, "due on time");
     }
 
     #[tokio::test(start_paused = true)]

@@ -76,11 +76,13 @@ fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
 }
 
-/// A bare tonic server: no health, no reflection, no layers.
+/// A bare tonic server: no health, no reflection, no layers. `TCP_NODELAY`
+/// on, as `tonic::transport::Server::serve` sets by default (and
+/// `serve_with_incoming` does not).
 async fn tonic_server(work: Duration) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(BenchServer::new(Work(work)))

@@ -3,7 +3,8 @@
 //! Every scenario runs its contenders in one process, interleaved, several
 //! repetitions each, and reports medians and ratios: on a shared, noisy
 //! machine absolute numbers drift, ratios hold. Servers and clients run on
-//! loopback in this process.
+//! loopback in this process; etcd, where a scenario uses it, runs as a
+//! child process that ends with it.
 //!
 //! ```text
 //! cargo run --release -p trellis-bench -- all [--quick] [--json FILE]
@@ -26,6 +27,7 @@ mod proto {
     trellis::include_protos!();
 }
 
+mod discovery;
 mod overhead;
 mod slow;
 
@@ -56,6 +58,9 @@ enum Scenario {
     Overhead,
     /// One instance of 3 or 5 ten times slower, under four balancers.
     Slow,
+    /// Registration to first call and deregistration to last, for `local://`
+    /// and `etcd://`; throughput under endpoint churn against a static set.
+    Discovery,
 }
 
 /// Echoes after a fixed simulated service time.
@@ -259,6 +264,9 @@ async fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::Slow) {
         results.insert("slow_instance".into(), slow::run(args.quick).await);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Discovery) {
+        results.insert("discovery".into(), discovery::run(args.quick).await);
     }
     let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(results)).unwrap_or_default();

@@ -3,8 +3,8 @@
 //! Every scenario runs its contenders in one process, interleaved, several
 //! repetitions each, and reports medians and ratios: on a shared, noisy
 //! machine absolute numbers drift, ratios hold. Servers and clients run on
-//! loopback in this process; etcd, where a scenario uses it, runs as a
-//! child process that ends with it.
+//! loopback in this process; etcd and h2load, where a scenario uses them,
+//! run as child processes that end with it.
 //!
 //! ```text
 //! cargo run --release -p trellis-bench -- all [--quick] [--json FILE]
@@ -28,6 +28,7 @@ mod proto {
 }
 
 mod discovery;
+mod h2load;
 mod overhead;
 mod slow;
 
@@ -61,6 +62,8 @@ enum Scenario {
     /// Registration to first call and deregistration to last, for `local://`
     /// and `etcd://`; throughput under endpoint churn against a static set.
     Discovery,
+    /// A bare tonic server and a Trellis server under `h2load`.
+    H2load,
 }
 
 /// Echoes after a fixed simulated service time.
@@ -267,6 +270,9 @@ async fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::Discovery) {
         results.insert("discovery".into(), discovery::run(args.quick).await);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::H2load) {
+        results.insert("h2load".into(), h2load::run(args.quick).await);
     }
     let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(results)).unwrap_or_default();

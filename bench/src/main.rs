@@ -3,7 +3,8 @@
 //! Every scenario runs its contenders in one process, interleaved, several
 //! repetitions each, and reports medians and ratios: on a shared, noisy
 //! machine absolute numbers drift, ratios hold. Servers and clients run on
-//! loopback in this process.
+//! loopback in this process; etcd and h2load, where a scenario uses them,
+//! run as child processes that end with it.
 //!
 //! ```text
 //! cargo run --release -p trellis-bench -- all [--quick] [--json FILE] [--plots DIR]
@@ -30,7 +31,9 @@ mod proto {
 }
 
 mod buildtime;
+mod discovery;
 mod failing;
+mod h2load;
 mod overhead;
 mod plot;
 mod slow;
@@ -74,6 +77,11 @@ enum Scenario {
     /// starts as a child process and kills.
     #[value(hide = true)]
     Instance,
+    /// Registration to first call and deregistration to last, for `local://`
+    /// and `etcd://`; throughput under endpoint churn against a static set.
+    Discovery,
+    /// A bare tonic server and a Trellis server under `h2load`.
+    H2load,
     /// Build times: the codegen step, and a service crate built from scratch.
     Build,
 }
@@ -96,11 +104,13 @@ fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
 }
 
-/// A bare tonic server: no health, no reflection, no layers.
+/// A bare tonic server: no health, no reflection, no layers. `TCP_NODELAY`
+/// on, as `tonic::transport::Server::serve` sets by default (and
+/// `serve_with_incoming` does not).
 async fn tonic_server(work: Duration) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(BenchServer::new(Work(work)))
@@ -315,6 +325,12 @@ async fn main() {
                 }
             }
         }
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Discovery) {
+        results.insert("discovery".into(), discovery::run(args.quick).await);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::H2load) {
+        results.insert("h2load".into(), h2load::run(args.quick).await);
     }
     if matches!(args.scenario, Scenario::All | Scenario::Build) {
         let quick = args.quick;

@@ -381,10 +381,11 @@ impl Shared {
 
     /// Runs one call through the stack. See the [module docs](self).
     async fn call(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, Status> {
-        let (parts, body) = req.into_parts();
-        let path = parts.uri.path().to_owned();
-        let Method { settings: method, breaker } =
-            self.methods.get(path.as_str()).unwrap_or(&self.unknown_method);
+        let (mut parts, body) = req.into_parts();
+        // Extensions are for this process; the attempts go out without them.
+        let extensions = std::mem::take(&mut parts.extensions);
+        let path = parts.uri.path();
+        let Method { settings: method, breaker } = self.methods.get(path).unwrap_or(&self.unknown_method);
         let method = *method;
         let own = parts.headers.get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
         let start = Instant::now();
@@ -398,14 +399,13 @@ impl Shared {
         }
         // A single-message request is kept, so it can be sent again.
         let body = if method.replayable {
-            let bytes =
-                body.collect().await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
-            Payload::Replayable(bytes.to_bytes())
+            let bytes = read_all(body).await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
+            Payload::Replayable(bytes)
         } else {
             Payload::Once(Some(body))
         };
         // A key set in code wins over the proto's hash_key field.
-        let key = parts.extensions.get::<HashKey>().map(|k| k.0).or_else(|| match (&body, method.hash_key) {
+        let key = extensions.get::<HashKey>().map(|k| k.0).or_else(|| match (&body, method.hash_key) {
             (Payload::Replayable(bytes), Some(field)) => {
                 hash_field::key_bytes(bytes, field.number(), field.kind()).map(|key| balance::hash_key(&key))
             }
@@ -424,7 +424,12 @@ impl Shared {
                 )));
             }
         };
-        let spec = CallSpec { path: &path, parts: &parts, key, deadline, timeout };
+        // Every attempt starts from these headers: the first goes out within
+        // a millisecond or so, with the whole budget as its grpc-timeout.
+        if let Ok(value) = grpc_timeout_value(timeout) {
+            parts.headers.insert(GRPC_TIMEOUT, value);
+        }
+        let spec = CallSpec { path, parts: &parts, key, start, deadline, timeout };
         let outcome = match (method.hedge, body) {
             (Some(hedge), Payload::Replayable(bytes)) if method.retry_safe => {
                 self.hedged(spec, bytes, hedge).await
@@ -722,22 +727,60 @@ struct CallSpec<'a> {
     parts: &'a http::request::Parts,
     /// The consistent-hash key, if the call has one.
     key: Option<u64>,
+    /// When the call began: `parts` carries the deadline as it was then.
+    start: Instant,
     deadline: Instant,
     /// The whole call's time budget, for messages.
     timeout: Duration,
 }
+
+/// How stale the `grpc-timeout` of the call's headers may be before an
+/// attempt sends a fresh one.
+const GRPC_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
 
 impl CallSpec<'_> {
     /// The request of one attempt: the call's headers, with what is left of
     /// its deadline as `grpc-timeout`.
     fn request(&self, body: Body) -> Request<Body> {
         let mut request = Request::from_parts(self.parts.clone(), body);
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(remaining)) {
-            request.headers_mut().insert(GRPC_TIMEOUT, value);
+        let now = Instant::now();
+        if now.saturating_duration_since(self.start) > GRPC_TIMEOUT_SLACK {
+            let remaining = self.deadline.saturating_duration_since(now);
+            if let Ok(value) = grpc_timeout_value(remaining) {
+                request.headers_mut().insert(GRPC_TIMEOUT, value);
+            }
         }
         request
     }
+}
+
+/// `timeout` as a `grpc-timeout` header value, encoded once, not copied.
+fn grpc_timeout_value(timeout: Duration) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(encode_grpc_timeout(timeout)))
+}
+
+/// The whole of a request body, without copying when it is one chunk, as a
+/// unary request's body is.
+async fn read_all(mut body: Body) -> Result<Bytes, tonic::Status> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(first), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(joined)) => joined.freeze(),
+        (first, None) => first.unwrap_or_default(),
+    })
 }
 
 /// One attempt of a hedged call, holding its endpoint's probe slot if any.

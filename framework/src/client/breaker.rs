@@ -119,7 +119,12 @@ impl Breaker {
 
     /// Reports a call that the target answered (any answer but a failure).
     pub(crate) fn succeeded(&mut self) {
-        self.state = State::Closed { failures: 0 };
+        // A call let through before the breaker opened, answering late, does
+        // not close it: the target may answer some calls and still be the
+        // one to avoid (slow, failing most). Only a probe closes it.
+        if !matches!(self.state, State::Open { .. }) {
+            self.state = State::Closed { failures: 0 };
+        }
     }
 
     /// Reports a failure of the target at `now`.
@@ -216,6 +221,19 @@ mod tests {
         endpoint.failed(Instant::now(), "connection reset");
         tokio::time::advance(FIRST_OPEN / 2).await;
         assert_eq!(endpoint.admit(Instant::now()), Admit::Probe, "due on time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_successes_of_calls_let_through_before_opening_do_not_close_it() {
+        let mut endpoint = Breaker::for_endpoint();
+        endpoint.force_open(Instant::now(), "mean latency far above its peers'");
+        // A slow instance's calls in flight finish after its ejection.
+        endpoint.succeeded();
+        assert!(endpoint.is_open(), "still ejected until a probe answers");
+        tokio::time::advance(FIRST_OPEN).await;
+        assert_eq!(endpoint.admit(Instant::now()), Admit::Probe);
+        endpoint.succeeded();
+        assert!(endpoint.is_closed(), "the probe's answer brings it back");
     }
 
     #[tokio::test(start_paused = true)]

@@ -280,6 +280,25 @@ fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json
         .collect()
 }
 
+/// How late a 2 ms sleep wakes up on this machine now: a shared machine
+/// whose p99 is far above 2 ms is stealing time from every scenario.
+async fn machine_noise() -> serde_json::Value {
+    const SLEEP: Duration = Duration::from_millis(2);
+    let mut slept: Vec<f64> = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let began = Instant::now();
+        tokio::time::sleep(SLEEP).await;
+        slept.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    slept.sort_by(f64::total_cmp);
+    let (p50, p99) = (slept[100], slept[198]);
+    println!("machine noise: a {SLEEP:?} sleep takes {p50:.2} ms at p50, {p99:.2} ms at p99");
+    if p99 > 10.0 {
+        println!("  (the machine is busy: expect noisy figures; ratios within a run still compare)");
+    }
+    json!({ "sleep_ms": 2, "p50_ms": p50, "p99_ms": p99 })
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -306,6 +325,7 @@ async fn main() {
     let mut results = serde_json::Map::new();
     results.insert("quick".into(), json!(args.quick));
     results.insert("cores".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
+    results.insert("machine_noise".into(), machine_noise().await);
     if matches!(args.scenario, Scenario::All | Scenario::Overhead) {
         results.insert("overhead".into(), overhead::run(args.quick).await);
     }

@@ -399,7 +399,8 @@ impl Shared {
         }
         // A single-message request is kept, so it can be sent again.
         let body = if method.replayable {
-            let bytes = read_all(body).await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
+            let bytes =
+                read_all(body).await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
             Payload::Replayable(bytes)
         } else {
             Payload::Once(Some(body))

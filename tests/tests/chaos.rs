@@ -182,31 +182,31 @@ async fn an_instance_killed_under_load_fails_no_read_and_charges_nothing_twice()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_instance_barely_moves_the_p99() {
+async fn a_slow_instance_gets_almost_no_calls() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let healthy_dir = tempfile::tempdir().expect("tempdir");
-    let healthy = fleet(healthy_dir.path(), &[&[], &[], &[]]).await;
-    let slow_dir = tempfile::tempdir().expect("tempdir");
-    let degraded = fleet(slow_dir.path(), &[&[], &[], &["--set", "faults.delay=200ms"]]).await;
-
-    let mut p99s = Vec::new();
-    for fleet in [&healthy, &degraded] {
-        let (client, channel) = client(fleet);
-        let paid = orders("slow", 20);
-        pay_all(&client, paid.iter().cloned()).await;
-        get_payments(&client, &paid, 100, 4).await; // warm up
-        let mut latencies = get_payments(&client, &paid, 800, 4).await;
-        p99s.push(p99(&mut latencies));
-        eprintln!("p99 {:?}; {:?}", p99s.last(), channel.stats());
-    }
-    let (healthy_p99, degraded_p99) = (p99s[0], p99s[1]);
-    eprintln!("all healthy p99 {healthy_p99:?}; one instance +200ms p99 {degraded_p99:?}");
-    // Over 1% of calls to the slow instance would put p99 above 200 ms.
-    assert!(degraded_p99 < Duration::from_millis(200), "p99 {degraded_p99:?} with one slow instance");
-    assert!(
-        degraded_p99 <= healthy_p99 * 4 + Duration::from_millis(15),
-        "{degraded_p99:?} vs {healthy_p99:?}"
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = fleet(dir.path(), &[&[], &[], &["--set", "faults.delay=200ms"]]).await;
+    let slow_port = fleet.instances[2].addr().port();
+    let (client, channel) = client(&fleet);
+    let paid = orders("slow", 20);
+    pay_all(&client, paid.iter().cloned()).await;
+    let before = sent_to(&channel, slow_port);
+    let mut latencies = get_payments(&client, &paid, 800, 4).await;
+    let to_slow = sent_to(&channel, slow_port) - before;
+    let stats = channel.stats();
+    // The latency is printed, not asserted: on a shared machine a stall can
+    // put any p99 above 200 ms. Where the calls went is what the stack decides.
+    eprintln!(
+        "one instance +200ms: {to_slow} of 800 reads sent to it, p99 {:?}; {stats:?}",
+        p99(&mut latencies)
     );
+    assert!(to_slow <= 16, "{to_slow} of 800 reads went to the slow instance: {stats:?}");
+    assert!(stats.ejections >= 1, "the slow instance was ejected: {stats:?}");
+}
+
+/// Attempts the channel has sent to the instance on `port`.
+fn sent_to(channel: &Channel, port: u16) -> u64 {
+    channel.stats().calls_per_endpoint.iter().filter(|(e, _)| e.port() == port).map(|(_, n)| n).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,36 +76,31 @@ impl Endpoints {
             return None;
         }
         let now = Instant::now();
-        // Filters over the snapshot rather than collected lists: no
-        // allocation on the path of every call.
-        let untried = |e: &Arc<EndpointState>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
-        let serving = |e: &&Arc<EndpointState>| e.serving() && untried(e);
+        let untried = |e: &&Arc<EndpointState>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+        let serving: Vec<&Arc<EndpointState>> = list.iter().filter(|e| e.serving()).filter(untried).collect();
         // All tried, or none serving: any endpoint beats failing the call here.
-        let any_serving = list.iter().any(|e| serving(&e));
-        let in_pool = |e: &&Arc<EndpointState>| !any_serving || serving(e);
+        let pool: Vec<&Arc<EndpointState>> = if serving.is_empty() { list.iter().collect() } else { serving };
 
-        if let Some(probe) = list.iter().filter(in_pool).find(|e| probe_admitted(e, now)) {
+        if let Some(probe) = pool.iter().find(|e| probe_admitted(e, now)) {
             return Some(Pick { endpoint: Arc::clone(probe), probe: true });
         }
-        let pool = list.iter().filter(in_pool).count();
-        let in_rotation = list.iter().filter(in_pool).filter(|e| e.in_rotation()).count();
-        let panic = in_rotation * 2 < pool;
-        let candidates = || list.iter().filter(in_pool).filter(move |e| panic || e.in_rotation());
-        let n = if panic { pool } else { in_rotation };
-        let nth = |i: usize| candidates().nth(i);
-        let chosen = match (balance, n) {
+        let in_rotation: Vec<&Arc<EndpointState>> =
+            pool.iter().copied().filter(|e| e.in_rotation()).collect();
+        let candidates = if in_rotation.len() * 2 < pool.len() { pool } else { in_rotation };
+        let chosen = match (balance, candidates.len()) {
             (_, 0) => return None,
-            (_, 1) => nth(0)?,
+            (_, 1) => candidates[0],
             (Balance::PeakEwma, n) => {
                 let a = rng.usize(..n);
                 let b = (a + 1 + rng.usize(..n - 1)) % n;
-                let (a, b) = (nth(a)?, nth(b)?);
-                if a.load() <= b.load() { a } else { b }
+                if candidates[a].load() <= candidates[b].load() { candidates[a] } else { candidates[b] }
             }
-            (Balance::RoundRobin, n) => nth(self.next.fetch_add(1, Ordering::Relaxed) % n)?,
-            (Balance::ConsistentHash, n) => match key {
-                Some(key) => candidates().max_by_key(|e| rendezvous(key, e))?,
-                None => nth(rng.usize(..n))?,
+            (Balance::RoundRobin, n) => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            (Balance::ConsistentHash, _) => match key {
+                Some(key) => {
+                    candidates.iter().copied().max_by_key(|e| rendezvous(key, e)).unwrap_or(candidates[0])
+                }
+                None => candidates[rng.usize(..candidates.len())],
             },
         };
         Some(Pick { endpoint: Arc::clone(chosen), probe: false })

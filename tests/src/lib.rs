@@ -37,6 +37,77 @@ impl proto::trellis::test::nested::deep::v1::deep_server::Deep for Whoami {
     }
 }
 
+/// The `Echo` test service: every streaming kind, each reply echoing its
+/// request with its index in the exchange.
+#[derive(Debug, Default)]
+pub struct EchoService;
+
+use proto::trellis::test::echo::v1::{EchoReply, EchoRequest};
+
+type ReplyStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, trellis::Status>> + Send>>;
+
+fn reply(req: &EchoRequest, index: u32) -> EchoReply {
+    EchoReply { stamp: req.stamp.clone(), index, note: req.note.clone(), depth: req.depth }
+}
+
+#[trellis::async_trait]
+impl proto::trellis::test::echo::v1::echo_server::Echo for EchoService {
+    async fn unary(
+        &self,
+        request: trellis::Request<EchoRequest>,
+    ) -> Result<trellis::Response<EchoReply>, trellis::Status> {
+        Ok(trellis::Response::new(reply(request.get_ref(), 0)))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(
+        &self,
+        request: trellis::Request<EchoRequest>,
+    ) -> Result<trellis::Response<ReplyStream>, trellis::Status> {
+        let req = request.into_inner();
+        let replies: Vec<_> = (0..req.repeat).map(|i| Ok(reply(&req, i))).collect();
+        Ok(trellis::Response::new(Box::pin(tokio_stream::iter(replies))))
+    }
+
+    async fn client_stream(
+        &self,
+        request: trellis::Request<trellis::Streaming<EchoRequest>>,
+    ) -> Result<trellis::Response<EchoReply>, trellis::Status> {
+        use tokio_stream::StreamExt;
+        let mut stream = request.into_inner();
+        let mut count = 0;
+        let mut last = None;
+        while let Some(req) = stream.next().await {
+            last = Some(req?);
+            count += 1;
+        }
+        let last = last.ok_or_else(|| trellis::Status::invalid_argument("empty stream"))?;
+        Ok(trellis::Response::new(reply(&last, count)))
+    }
+
+    type BidiStream = ReplyStream;
+
+    async fn bidi(
+        &self,
+        request: trellis::Request<trellis::Streaming<EchoRequest>>,
+    ) -> Result<trellis::Response<ReplyStream>, trellis::Status> {
+        use tokio_stream::StreamExt;
+        let mut next = 0;
+        let replies = request.into_inner().map(move |req| {
+            let index = next;
+            next += 1;
+            req.map(|req| reply(&req, index))
+        });
+        Ok(trellis::Response::new(Box::pin(replies)))
+    }
+
+    async fn ping(&self, _request: trellis::Request<()>) -> Result<trellis::Response<()>, trellis::Status> {
+        Ok(trellis::Response::new(()))
+    }
+}
+
 /// How long a service may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -2,75 +2,19 @@
 //! and all four streaming kinds compile, serve and call over real sockets;
 //! the descriptor table is right; broken protos fail with file:line:column.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use trellis::codegen::prost_types;
-use trellis::{Idempotency, Registry, Request, Response, Status, Streaming, StreamingKind};
+use trellis::{Idempotency, Registry, Request, Response, Status, StreamingKind};
+use trellis_tests::EchoService;
 use trellis_tests::proto::trellis::test::common::v1::Stamp;
-use trellis_tests::proto::trellis::test::echo::v1::echo_server::{Echo, EchoServer};
+use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
 use trellis_tests::proto::trellis::test::echo::v1::{
-    ECHO_DESCRIPTOR, ECHO_SERVICE_NAME, EchoClient, EchoReply, EchoRequest,
+    ECHO_DESCRIPTOR, ECHO_SERVICE_NAME, EchoClient, EchoRequest,
 };
 use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::{Deep, DeepServer};
 use trellis_tests::proto::trellis::test::nested::deep::v1::{DEEP_DESCRIPTOR, DeepClient, Depth, depth};
-
-#[derive(Debug, Default)]
-struct EchoService;
-
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
-
-fn reply(req: &EchoRequest, index: u32) -> EchoReply {
-    EchoReply { stamp: req.stamp.clone(), index, note: req.note.clone(), depth: req.depth }
-}
-
-#[trellis::async_trait]
-impl Echo for EchoService {
-    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        Ok(Response::new(reply(request.get_ref(), 0)))
-    }
-
-    type ServerStreamStream = ReplyStream;
-
-    async fn server_stream(&self, request: Request<EchoRequest>) -> Result<Response<ReplyStream>, Status> {
-        let req = request.into_inner();
-        let replies: Vec<_> = (0..req.repeat).map(|i| Ok(reply(&req, i))).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
-    }
-
-    async fn client_stream(
-        &self,
-        request: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<EchoReply>, Status> {
-        let mut stream = request.into_inner();
-        let mut count = 0;
-        let mut last = None;
-        while let Some(req) = stream.next().await {
-            last = Some(req?);
-            count += 1;
-        }
-        let last = last.ok_or_else(|| Status::invalid_argument("empty stream"))?;
-        Ok(Response::new(reply(&last, count)))
-    }
-
-    type BidiStream = ReplyStream;
-
-    async fn bidi(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<ReplyStream>, Status> {
-        let stream = request.into_inner();
-        let mut next = 0;
-        let replies = stream.map(move |req| {
-            let index = next;
-            next += 1;
-            req.map(|req| reply(&req, index))
-        });
-        Ok(Response::new(Box::pin(replies)))
-    }
-
-    async fn ping(&self, _request: Request<()>) -> Result<Response<()>, Status> {
-        Ok(Response::new(()))
-    }
-}
 
 #[derive(Debug, Default)]
 struct DeepService;

@@ -5,21 +5,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid};
 use tokio::sync::oneshot;
-use tokio_stream::Stream;
+use trellis::Registry;
 use trellis::codegen::Channel;
 use trellis::registry::Endpoint;
-use trellis::{Registry, Request, Response, Status, Streaming};
+use trellis_tests::EchoService;
 use trellis_tests::proto::trellis::test::common::v1::Stamp;
-use trellis_tests::proto::trellis::test::echo::v1::echo_server::{Echo, EchoServer};
+use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
 use trellis_tests::proto::trellis::test::echo::v1::{
-    ECHO_DESCRIPTOR, ECHO_SERVICE_NAME, EchoClient, EchoReply, EchoRequest,
+    ECHO_DESCRIPTOR, ECHO_SERVICE_NAME, EchoClient, EchoRequest,
 };
 
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
@@ -131,38 +130,6 @@ fn free_port() -> u16 {
         }
     }
     panic!("no loopback port free for both UDP and TCP in 100 tries");
-}
-
-#[derive(Debug)]
-struct EchoService;
-
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
-
-#[trellis::async_trait]
-impl Echo for EchoService {
-    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        Ok(Response::new(EchoReply { stamp: request.into_inner().stamp, ..EchoReply::default() }))
-    }
-
-    type ServerStreamStream = ReplyStream;
-
-    async fn server_stream(&self, _: Request<EchoRequest>) -> Result<Response<ReplyStream>, Status> {
-        Err(Status::unimplemented("unary only"))
-    }
-
-    async fn client_stream(&self, _: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
-        Err(Status::unimplemented("unary only"))
-    }
-
-    type BidiStream = ReplyStream;
-
-    async fn bidi(&self, _: Request<Streaming<EchoRequest>>) -> Result<Response<ReplyStream>, Status> {
-        Err(Status::unimplemented("unary only"))
-    }
-
-    async fn ping(&self, _: Request<()>) -> Result<Response<()>, Status> {
-        Ok(Response::new(()))
-    }
 }
 
 /// Serves Echo on `addr` until the returned sender is dropped.

@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,12 +16,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::Stream;
 use trellis::registry::{Endpoint, Instance, Metadata, Resolution};
-use trellis::{Registry, Request, Response, Status, Streaming};
-use trellis_tests::proto::trellis::test::echo::v1::echo_server::{Echo, EchoServer};
+use trellis::{Registry, Request};
+use trellis_tests::EchoService;
+use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
 use trellis_tests::proto::trellis::test::echo::v1::{
-    ECHO_DESCRIPTOR, ECHO_SERVICE_NAME, EchoClient, EchoReply, EchoRequest,
+    ECHO_DESCRIPTOR, ECHO_SERVICE_NAME, EchoClient, EchoRequest,
 };
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -193,40 +192,6 @@ async fn http(port: u16, request: &str, body: &str) -> Option<String> {
         Some(response.split_once("\r\n\r\n")?.1.to_owned())
     };
     tokio::time::timeout(Duration::from_secs(3), exchange).await.ok().flatten()
-}
-
-/// Echoes unary calls; nothing else is needed here.
-#[derive(Debug, Default)]
-struct EchoService;
-
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
-
-#[trellis::async_trait]
-impl Echo for EchoService {
-    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        let req = request.into_inner();
-        Ok(Response::new(EchoReply { stamp: req.stamp, index: 0, note: req.note, depth: req.depth }))
-    }
-
-    type ServerStreamStream = ReplyStream;
-
-    async fn server_stream(&self, _: Request<EchoRequest>) -> Result<Response<ReplyStream>, Status> {
-        Err(Status::unimplemented("not used here"))
-    }
-
-    async fn client_stream(&self, _: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
-        Err(Status::unimplemented("not used here"))
-    }
-
-    type BidiStream = ReplyStream;
-
-    async fn bidi(&self, _: Request<Streaming<EchoRequest>>) -> Result<Response<ReplyStream>, Status> {
-        Err(Status::unimplemented("not used here"))
-    }
-
-    async fn ping(&self, _: Request<()>) -> Result<Response<()>, Status> {
-        Ok(Response::new(()))
-    }
 }
 
 /// Serves Echo on a free loopback port until the sender is dropped.

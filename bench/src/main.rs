@@ -314,12 +314,25 @@ async fn main() {
         return;
     }
     let plots = args.plots.unwrap_or_else(|| std::path::PathBuf::from("target/bench"));
-    let with_plots = matches!(args.scenario, Scenario::All | Scenario::Failing);
-    // Before minutes of work, not after.
-    if with_plots && let Err(err) = std::fs::create_dir_all(&plots) {
+    let runs_failing = matches!(args.scenario, Scenario::All | Scenario::Failing);
+    // Where the results go is checked before minutes of work, not after.
+    if runs_failing && let Err(err) = std::fs::create_dir_all(&plots) {
         eprintln!("trellis-bench: error: cannot create the plot directory {}: {err}", plots.display());
         std::process::exit(1);
     }
+    let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let json_file =
+        match parent.map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::File::create(&path)) {
+            Ok(file) => file,
+            Err(err) => {
+                eprintln!(
+                    "trellis-bench: error: cannot write {}: {err}; choose another --json FILE",
+                    path.display()
+                );
+                std::process::exit(1);
+            }
+        };
     let mut failed = false;
     let started = Instant::now();
     let mut results = serde_json::Map::new();
@@ -332,7 +345,7 @@ async fn main() {
     if matches!(args.scenario, Scenario::All | Scenario::Slow) {
         results.insert("slow_instance".into(), slow::run(args.quick).await);
     }
-    if with_plots {
+    if runs_failing {
         let (json, svgs) = failing::run(args.quick).await;
         results.insert("failing_instance".into(), json);
         for (name, svg) in svgs {
@@ -357,11 +370,8 @@ async fn main() {
         let build = tokio::task::spawn_blocking(move || buildtime::run(quick)).await.expect("build scenario");
         results.insert("build".into(), build);
     }
-    let path = args.json.unwrap_or_else(|| std::path::PathBuf::from("target/bench.json"));
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(results)).unwrap_or_default();
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let written = parent.map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, text));
-    match written {
+    match std::io::Write::write_all(&mut &json_file, text.as_bytes()) {
         Ok(()) => println!("\nresults written to {} in {:.0?}", path.display(), started.elapsed()),
         Err(err) => {
             eprintln!("trellis-bench: error: cannot write {}: {err}", path.display());

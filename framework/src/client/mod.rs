@@ -400,8 +400,8 @@ impl Shared {
         // A single-message request is kept, so it can be sent again.
         let body = if method.replayable {
             let bytes =
-                read_all(body).await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
-            Payload::Replayable(bytes)
+                body.collect().await.map_err(|e| Status::internal(format!("{path}: request body: {e}")))?;
+            Payload::Replayable(bytes.to_bytes())
         } else {
             Payload::Once(Some(body))
         };
@@ -425,12 +425,7 @@ impl Shared {
                 )));
             }
         };
-        // Every attempt starts from these headers: the first goes out within
-        // a millisecond or so, with the whole budget as its grpc-timeout.
-        if let Ok(value) = grpc_timeout_value(timeout) {
-            parts.headers.insert(GRPC_TIMEOUT, value);
-        }
-        let spec = CallSpec { path, parts: &parts, key, start, deadline, timeout };
+        let spec = CallSpec { path, parts: &parts, key, deadline, timeout };
         let outcome = match (method.hedge, body) {
             (Some(hedge), Payload::Replayable(bytes)) if method.retry_safe => {
                 self.hedged(spec, bytes, hedge).await
@@ -728,28 +723,19 @@ struct CallSpec<'a> {
     parts: &'a http::request::Parts,
     /// The consistent-hash key, if the call has one.
     key: Option<u64>,
-    /// When the call began: `parts` carries the deadline as it was then.
-    start: Instant,
     deadline: Instant,
     /// The whole call's time budget, for messages.
     timeout: Duration,
 }
-
-/// How stale the `grpc-timeout` of the call's headers may be before an
-/// attempt sends a fresh one.
-const GRPC_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
 
 impl CallSpec<'_> {
     /// The request of one attempt: the call's headers, with what is left of
     /// its deadline as `grpc-timeout`.
     fn request(&self, body: Body) -> Request<Body> {
         let mut request = Request::from_parts(self.parts.clone(), body);
-        let now = Instant::now();
-        if now.saturating_duration_since(self.start) > GRPC_TIMEOUT_SLACK {
-            let remaining = self.deadline.saturating_duration_since(now);
-            if let Ok(value) = grpc_timeout_value(remaining) {
-                request.headers_mut().insert(GRPC_TIMEOUT, value);
-            }
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if let Ok(value) = grpc_timeout_value(remaining) {
+            request.headers_mut().insert(GRPC_TIMEOUT, value);
         }
         request
     }
@@ -758,30 +744,6 @@ impl CallSpec<'_> {
 /// `timeout` as a `grpc-timeout` header value, encoded once, not copied.
 fn grpc_timeout_value(timeout: Duration) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(encode_grpc_timeout(timeout)))
-}
-
-/// The whole of a request body, without copying when it is one chunk, as a
-/// unary request's body is.
-async fn read_all(mut body: Body) -> Result<Bytes, tonic::Status> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<bytes::BytesMut> = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(first), None) => {
-                let mut joined = bytes::BytesMut::with_capacity(first.len() + data.len());
-                joined.extend_from_slice(first);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
-    }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => joined.freeze(),
-        (first, None) => first.unwrap_or_default(),
-    })
 }
 
 /// One attempt of a hedged call, holding its endpoint's probe slot if any.

@@ -78,7 +78,9 @@ async fn pay_all(client: &OrderPaymentClient, orders: impl Iterator<Item = Strin
                     assert_eq!(status.code(), Code::Unavailable, "{order}: {status:?}");
                     ambiguous += 1;
                     assert!(ambiguous < 100, "Pay keeps failing: {status:?}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // 100 x 50 ms outlasts an open method breaker (1 s) and a
+                    // failed half-open probe (2 s more).
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }

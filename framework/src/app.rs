@@ -8,10 +8,12 @@ use std::process::ExitCode;
 use clap::{Arg, ArgAction, Command};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Config, Layers, LogFormat};
-use crate::error::{BoxError, Error};
+use crate::client::Clients;
+use crate::config::{Config, Layers};
+use crate::error::{BoxError, Error, error_chain};
 use crate::registry::{Metadata, Registry};
 use crate::server::{Server, ServerBuilder};
+use crate::telemetry::LogFormat;
 
 /// A service binary: parses the shared command line, loads configuration,
 /// starts logging and a Tokio runtime, then runs your setup code.
@@ -179,7 +181,7 @@ pub struct Context {
     version: &'static str,
     config: Config,
     layers: Layers,
-    registry: Registry,
+    clients: Clients,
 }
 
 impl Context {
@@ -212,8 +214,9 @@ impl Context {
         let file = matches.get_one::<PathBuf>("config");
         let layers = Layers::load(file.map(PathBuf::as_path), flags)?;
         let config = layers.config()?;
-        let registry = Registry::from_url(&config.registry)?.with_clients(config.clients.clone());
-        Ok(Context { name, version, config, layers, registry })
+        let registry = Registry::from_url(&config.registry)?;
+        let clients = Clients::new(registry).with_configs(config.clients.clone());
+        Ok(Context { name, version, config, layers, clients })
     }
 
     /// The application's name.
@@ -239,7 +242,14 @@ impl Context {
 
     /// The registry named by `registry`.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        self.clients.registry()
+    }
+
+    /// The registry and the `[clients."SERVICE"]` settings, which generated
+    /// clients take: `OrderPaymentClient::discover(&ctx)` is the same as
+    /// `OrderPaymentClient::discover(ctx.clients())`.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
     }
 
     /// A server builder set up from the configuration.
@@ -256,7 +266,7 @@ impl Context {
             .shutdown_config(self.config.shutdown)
             .faults(self.config.faults)
             .max_concurrent_calls(self.config.server.max_concurrent_calls)
-            .registry(self.registry.clone())
+            .registry(self.registry().clone())
             .metadata(metadata);
         if let Some(advertise) = &self.config.advertise {
             server = server.advertise(advertise.clone());
@@ -265,17 +275,8 @@ impl Context {
     }
 }
 
-/// `err` and its sources, as `outer: inner: innermost`.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
+impl From<&Context> for Clients {
+    fn from(ctx: &Context) -> Self {
+        ctx.clients.clone()
     }
-    out
 }

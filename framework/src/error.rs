@@ -46,3 +46,18 @@ pub enum Error {
     #[error("server failed: {0}")]
     Serve(#[source] BoxError),
 }
+
+/// `err` and its sources, as `outer: inner: innermost`.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

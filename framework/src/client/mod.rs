@@ -24,6 +24,7 @@
 
 mod balance;
 mod breaker;
+mod config;
 mod endpoint;
 mod hash_field;
 mod retry;
@@ -46,14 +47,15 @@ use tower::discover::Change;
 use tower_service::Service;
 
 pub use balance::Balance;
-pub use retry::UNPROCESSED;
+pub use config::{ClientConfig, Clients, MethodConfig};
 
 use self::breaker::Admit;
 use self::endpoint::EndpointState;
 use self::retry::{MAX_ATTEMPTS, RetryBudget};
-use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout, outbound_deadline};
+use crate::context::outbound_deadline;
 use crate::descriptor::{HashKeyField, ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error};
+use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout};
 use crate::registry::{AbortOnDrop, Endpoint, Registry};
 
 /// The deadline of a call that sets none of its own, unless the method's
@@ -159,8 +161,8 @@ impl Channel {
     /// # Errors
     ///
     /// When called outside a Tokio runtime.
-    pub fn discover(registry: &Registry, service: &'static ServiceDescriptor) -> Result<Self, Error> {
-        Self::with_balance(registry, service, Balance::default())
+    pub fn discover(clients: impl Into<Clients>, service: &'static ServiceDescriptor) -> Result<Self, Error> {
+        Self::with_balance(clients, service, Balance::default())
     }
 
     /// [`discover`](Self::discover), with another balancing strategy
@@ -170,14 +172,16 @@ impl Channel {
     ///
     /// When called outside a Tokio runtime.
     pub fn with_balance(
-        registry: &Registry,
+        clients: impl Into<Clients>,
         service: &'static ServiceDescriptor,
         balance: Balance,
     ) -> Result<Self, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime("Channel::discover"));
         }
-        let config = registry.client_config(service.name());
+        let clients = clients.into();
+        let registry = clients.registry();
+        let config = clients.config(service.name());
         let balance = config.balance.unwrap_or(balance);
         let methods = service
             .methods()
@@ -631,7 +635,7 @@ impl Shared {
                     "{path}: cannot reach {} at {}: {}",
                     self.service.name(),
                     endpoint.endpoint,
-                    crate::app::error_chain(&err)
+                    crate::error::error_chain(&err)
                 )),
             )),
         }

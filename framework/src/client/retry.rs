@@ -17,9 +17,7 @@ use http::HeaderMap;
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
-/// The header a Trellis server sets on a response to a call it refused
-/// before running any handler (load shedding), so any method may be retried.
-pub const UNPROCESSED: &str = "trellis-unprocessed";
+use crate::protocol::{RETRY_PUSHBACK_MS, UNPROCESSED};
 
 /// The most attempts of one call, the first included.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
@@ -53,7 +51,7 @@ pub(crate) fn failure_in_headers(headers: &HeaderMap) -> Option<Failure> {
     if code != Code::Unavailable && !(code == Code::ResourceExhausted && unprocessed) {
         return None;
     }
-    let pushback = headers.get("grpc-retry-pushback-ms").map(|v| {
+    let pushback = headers.get(RETRY_PUSHBACK_MS).map(|v| {
         v.to_str()
             .ok()
             .and_then(|v| v.parse::<i64>().ok())

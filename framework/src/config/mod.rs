@@ -27,21 +27,21 @@
 //! environment variable separates a section from its key. `--set KEY=VALUE`
 //! sets any key from the command line. Client settings are keyed by full
 //! service names, which contain dots, so they are set in the file (see
-//! [`ClientConfig`]).
-
-mod duration;
+//! [`ClientConfig`](crate::client::ClientConfig)).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::client::ClientConfig;
 use crate::error::Error;
+use crate::server::{FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
+use crate::telemetry::LogConfig;
 
 /// The prefix of every environment variable Trellis reads.
 pub const ENV_PREFIX: &str = "TRELLIS_";
@@ -89,124 +89,6 @@ impl Default for Config {
             faults: FaultsConfig::default(),
         }
     }
-}
-
-/// What an instance registers about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InstanceConfig {
-    /// The version; the binary's own when unset.
-    pub version: Option<String>,
-    /// The zone the instance runs in.
-    pub zone: Option<String>,
-    /// Relative share of traffic; 100 is normal.
-    pub weight: u32,
-}
-
-impl Default for InstanceConfig {
-    fn default() -> Self {
-        InstanceConfig { version: None, zone: None, weight: 100 }
-    }
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// Human-readable lines or one JSON object per line.
-    pub format: LogFormat,
-    /// A `tracing` filter such as `info` or `info,trellis=debug`.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Graceful shutdown timings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long to keep serving after turning `NOT_SERVING`, so that health
-    /// checkers and registries stop sending traffic before the drain.
-    #[serde(with = "duration")]
-    pub propagation_delay: Duration,
-    /// How long in-flight calls may take to finish once draining starts.
-    #[serde(with = "duration")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig { propagation_delay: Duration::from_secs(1), drain_timeout: Duration::from_secs(10) }
-    }
-}
-
-/// How this service calls one other service. Overrides what the proto says.
-///
-/// ```toml
-/// [clients."order.payment.v1.OrderPayment"]
-/// balance = "round_robin"            # peak_ewma (default), round_robin, consistent_hash
-///
-/// [clients."order.payment.v1.OrderPayment".methods.GetPayment]
-/// timeout = "500ms"                  # the call's default deadline
-/// max_attempts = 2                   # attempts when retrying is safe, the first included
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// How calls are spread over the instances.
-    pub balance: Option<crate::client::Balance>,
-    /// Per-method overrides, by method name as in the proto.
-    pub methods: BTreeMap<String, MethodConfig>,
-}
-
-/// Overrides for one method.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MethodConfig {
-    /// The default deadline of a call.
-    #[serde(with = "duration::optional")]
-    pub timeout: Option<Duration>,
-    /// Attempts when retrying is safe, the first included (1 disables retries).
-    pub max_attempts: Option<u32>,
-}
-
-/// Server limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Application calls that may run at once; past that, calls are shed.
-    pub max_concurrent_calls: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig { max_concurrent_calls: crate::server::DEFAULT_MAX_CONCURRENT_CALLS }
-    }
-}
-
-/// Injected faults.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FaultsConfig {
-    /// Added to every application call (not to health or reflection).
-    #[serde(with = "duration")]
-    pub delay: Duration,
-    /// Answer every application call with `UNAVAILABLE`.
-    pub unavailable: bool,
 }
 
 /// The layers, before they are turned into a [`Config`].
@@ -335,6 +217,8 @@ mod listen_addr {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn load(toml: &str) -> Result<Config, Error> {

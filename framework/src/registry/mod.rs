@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tower::discover::Change;
 
-use crate::config::ClientConfig;
 use crate::error::Error;
 
 pub use local::DEFAULT_TTL;
@@ -322,14 +321,10 @@ pub(crate) fn publish(tx: &watch::Sender<Arc<[Instance]>>, mut instances: Vec<In
 }
 
 /// A registry, chosen by URL. Cheap to clone: clones share the backend.
-///
-/// The handle also carries the configured client settings per called
-/// service (`[clients."SERVICE"]`), which channels made through it apply.
 #[derive(Clone)]
 pub struct Registry {
     url: Arc<str>,
     backend: Arc<dyn Backend>,
-    clients: Arc<BTreeMap<String, ClientConfig>>,
 }
 
 impl fmt::Debug for Registry {
@@ -346,25 +341,12 @@ impl Registry {
     ///
     /// A malformed URL or an unknown scheme, with what is expected.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        Ok(Registry { url: url.into(), backend: url::open(url)?, clients: Arc::default() })
+        Ok(Registry { url: url.into(), backend: url::open(url)? })
     }
 
     /// A registry over a custom backend.
     pub fn with_backend(url: impl Into<Arc<str>>, backend: impl Backend) -> Self {
-        Registry { url: url.into(), backend: Arc::new(backend), clients: Arc::default() }
-    }
-
-    /// The same registry, carrying client settings per full service name.
-    pub fn with_clients(mut self, clients: BTreeMap<String, ClientConfig>) -> Self {
-        let normalized = clients.into_iter().map(|(service, config)| (service.to_ascii_lowercase(), config));
-        self.clients = Arc::new(normalized.collect());
-        self
-    }
-
-    /// The client settings configured for `service` (matched ignoring case,
-    /// as environment variables are lowercased).
-    pub fn client_config(&self, service: &str) -> ClientConfig {
-        self.clients.get(&service.to_ascii_lowercase()).cloned().unwrap_or_default()
+        Registry { url: url.into(), backend: Arc::new(backend) }
     }
 
     /// The URL the registry was opened from.

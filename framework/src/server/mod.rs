@@ -38,11 +38,14 @@
 //! # }
 //! ```
 
+mod config;
 mod deadline;
 mod drain;
 mod faults;
 mod limit;
 mod trace;
+
+pub use config::{DEFAULT_MAX_CONCURRENT_CALLS, FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -61,20 +64,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
-use crate::config::{FaultsConfig, ShutdownConfig};
 use crate::descriptor::{DescribedService, ServiceDescriptor};
 use crate::error::Error;
+use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
-
-/// The paths of the streaming methods of the services every server carries.
-const BUILTIN_STREAMING_PATHS: [&str; 3] = [
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
-/// The default cap on calls running at once.
-pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 
 /// How long one deregistration may take during shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);

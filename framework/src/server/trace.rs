@@ -23,7 +23,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 
-use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout};
+use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
 
 /// Adds a call span to every request. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]

@@ -36,6 +36,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// An instance's address cannot be connected to.
+    #[error("endpoint `{endpoint}`: {reason}")]
+    Endpoint {
+        /// The endpoint as registered.
+        endpoint: String,
+        /// What is wrong and what would fix it.
+        reason: String,
+    },
+
     /// Something that needs a Tokio runtime was called outside one.
     #[error(
         "{0} must be called inside a Tokio runtime (for example from `#[tokio::main]` or `trellis::App::run`)"

@@ -18,9 +18,6 @@ use tower::ServiceExt;
 use super::breaker::Breaker;
 use crate::registry::{AbortOnDrop, Endpoint};
 
-/// How long to wait for a connection to an instance.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// The latency an endpoint is assumed to have before it answered once. Kept
 /// optimistic, so a new instance wins its first comparisons and is tried at
 /// once; its first real answers then set its estimate (peak-EWMA jumps up on
@@ -99,11 +96,7 @@ impl EndpointState {
         service: &'static str,
         calls: Arc<AtomicU64>,
     ) -> Result<Self, String> {
-        let conn = tonic::transport::Endpoint::from_shared(endpoint.uri())
-            .map_err(|e| format!("`{endpoint}` is not a valid address: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let conn = crate::transport::connect_lazy(endpoint).map_err(|e| e.to_string())?;
         let serving = Arc::new(AtomicBool::new(true));
         let watch = tokio::spawn(watch_health(conn.clone(), service, endpoint.clone(), serving.clone()));
         Ok(EndpointState {

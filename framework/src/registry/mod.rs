@@ -43,17 +43,56 @@ pub(crate) use url::parse_endpoint;
 /// A boxed, sendable future, as [`Backend`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where one instance listens.
+/// How an instance is spoken to: gRPC over plaintext HTTP/2, or over TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plaintext HTTP/2 (`h2c`).
+    #[default]
+    Http,
+    /// HTTP/2 over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn is_http(&self) -> bool {
+        *self == Scheme::Http
+    }
+}
+
+/// Where one instance listens, and how it is spoken to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoint {
     host: String,
     port: u16,
+    /// Absent (plaintext) in entries written before schemes existed.
+    #[serde(default, skip_serializing_if = "Scheme::is_http")]
+    scheme: Scheme,
 }
 
 impl Endpoint {
     /// An endpoint at `host` (a name or an IP address, without brackets) and `port`.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Endpoint { host: host.into(), port }
+        Endpoint { host: host.into(), port, scheme: Scheme::Http }
+    }
+
+    /// The same endpoint, spoken to with `scheme`.
+    pub fn with_scheme(mut self, scheme: Scheme) -> Self {
+        self.scheme = scheme;
+        self
+    }
+
+    /// How the instance is spoken to.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
     }
 
     /// The host, a name or an IP address.
@@ -66,9 +105,9 @@ impl Endpoint {
         self.port
     }
 
-    /// The `http://` URI a gRPC channel connects to.
+    /// The URI a gRPC channel connects to, such as `http://10.0.0.7:50051`.
     pub fn uri(&self) -> String {
-        format!("http://{self}")
+        format!("{}://{self}", self.scheme.as_str())
     }
 }
 
@@ -84,7 +123,7 @@ impl fmt::Display for Endpoint {
 
 impl From<std::net::SocketAddr> for Endpoint {
     fn from(addr: std::net::SocketAddr) -> Self {
-        Endpoint { host: addr.ip().to_string(), port: addr.port() }
+        Endpoint::new(addr.ip().to_string(), addr.port())
     }
 }
 

@@ -54,12 +54,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
@@ -68,6 +66,7 @@ use crate::descriptor::{DescribedService, ServiceDescriptor};
 use crate::error::Error;
 use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
+use crate::transport::Listener;
 
 /// How long one deregistration may take during shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -215,11 +214,8 @@ impl ServerBuilder {
     ///
     /// When the address cannot be bound.
     pub async fn bind(self) -> Result<BoundServer, Error> {
-        let listener = TcpListener::bind(self.listen)
-            .await
-            .map_err(|source| Error::Bind { addr: self.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: self.listen, source })?;
-        Ok(BoundServer { builder: self, listener, local_addr })
+        let listener = Listener::bind(self.listen).await?;
+        Ok(BoundServer { builder: self, listener })
     }
 
     /// Binds and serves until the shutdown signal, then shuts down gracefully.
@@ -236,14 +232,13 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct BoundServer {
     builder: ServerBuilder,
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listener: Listener,
 }
 
 impl BoundServer {
     /// The address the server listens on, with the real port when 0 was asked.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listener.local_addr()
     }
 
     /// Serves until the shutdown signal, then shuts down gracefully (see the
@@ -253,7 +248,8 @@ impl BoundServer {
     ///
     /// When the server fails while serving.
     pub async fn serve(self) -> Result<(), Error> {
-        let BoundServer { builder, listener, local_addr } = self;
+        let BoundServer { builder, listener } = self;
+        let local_addr = listener.local_addr();
         let ServerBuilder {
             shutdown,
             faults,
@@ -266,7 +262,7 @@ impl BoundServer {
             signal,
             ..
         } = builder;
-        let endpoint = advertised(local_addr, advertise.as_deref())?;
+        let endpoint = advertised(local_addr, advertise.as_deref())?.with_scheme(listener.scheme());
         let signal = signal.unwrap_or_else(|| Box::pin(termination_signal()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -287,7 +283,7 @@ impl BoundServer {
                     .then_some(faults::FaultLayer { delay: faults.delay, unavailable: faults.unavailable }),
             );
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = listener.incoming();
         let server = tonic::transport::Server::builder()
             .layer(layers)
             .add_routes(routes.routes())

@@ -346,3 +346,85 @@ impl From<&Context> for Clients {
         ctx.clients.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn args(flags: &[&str]) -> Vec<String> {
+        std::iter::once("svc").chain(flags.iter().copied()).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn an_unread_section_fails_when_setup_returns() {
+        let app = || App::new("svc", "0.1.0");
+        let code = app().run_with_args(args(&["--set", "nosuch.key=1"]), |_ctx| async { Ok(()) });
+        assert_eq!(code, ExitCode::from(2));
+
+        let code = app().run_with_args(args(&["--set", "nosuch.key=1"]), |ctx| async move {
+            let value: BTreeSet<String> =
+                ctx.section::<std::collections::BTreeMap<String, i64>>("nosuch")?.into_keys().collect();
+            assert_eq!(value, BTreeSet::from(["key".to_owned()]));
+            Ok(())
+        });
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    #[test]
+    fn named_sections_are_checked_before_setup() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let setup = |ran: Arc<AtomicBool>| {
+            move |_ctx: Context| async move {
+                ran.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        let app = || App::new("svc", "0.1.0").sections(&["payment"]);
+        let code = app().run_with_args(args(&["--set", "paymnt.database=x"]), setup(Arc::clone(&ran)));
+        assert_eq!(code, ExitCode::from(2));
+        assert!(!ran.load(Ordering::SeqCst), "setup ran with a misspelt section");
+
+        let code = app().run_with_args(args(&["--set", "payment.database=x"]), setup(Arc::clone(&ran)));
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn an_unknown_key_fails_before_setup() {
+        let code = App::new("svc", "0.1.0")
+            .run_with_args(args(&["--set", "registy=static://"]), |_ctx| async { panic!("setup ran") });
+        assert_eq!(code, ExitCode::from(2));
+    }
+
+    #[tokio::test]
+    async fn the_server_binds_only_once_every_section_is_read() {
+        let matches = App::new("svc", "0.1.0")
+            .command()
+            .try_get_matches_from(args(&["--set", "shutdwn.drain_timeout=1s", "--set", "payment.database=x"]))
+            .unwrap();
+        let ctx = Context::from_matches("svc", "0.1.0", &matches, None).unwrap();
+
+        let err = ctx.server().bind().await.unwrap_err();
+        let Error::Config(message) = err else { panic!("expected a configuration error, got {err}") };
+        assert!(
+            message.contains("`shutdwn` (from the command line): unknown section; did you mean `shutdown`?"),
+            "{message}"
+        );
+        assert!(message.contains("`payment` (from the command line): unknown section"), "{message}");
+
+        // A section read after the builder was made, but before binding,
+        // counts; the misspelling does not go away.
+        let server = ctx.server();
+        ctx.section::<std::collections::BTreeMap<String, String>>("payment").unwrap();
+        let Error::Config(message) = server.bind().await.unwrap_err() else {
+            panic!("expected a config error")
+        };
+        assert!(!message.contains("`payment`") && message.contains("`shutdwn`"), "{message}");
+
+        ctx.section::<std::collections::BTreeMap<String, String>>("shutdwn").unwrap();
+        let bound = ctx.server().bind().await.unwrap();
+        assert!(bound.local_addr().ip().is_loopback());
+    }
+}

@@ -27,7 +27,7 @@
 //! environment variable separates a section from its key. `--set KEY=VALUE`
 //! sets any key from the command line. Client settings are keyed by full
 //! service names, which contain dots, so they are set in the file (see
-//! [`ClientConfig`](crate::client::ClientConfig)).
+//! [`ClientConfig`]).
 //!
 //! # Misspelt keys
 //!
@@ -50,6 +50,12 @@
 //!   binds, or when the setup code returns without serving. A binary that
 //!   names its sections up front with [`App::sections`](crate::App::sections)
 //!   has them checked as soon as the configuration is loaded.
+//!
+//! Keys inside a service's own section are checked by the type it is read
+//! into: derive `#[serde(deny_unknown_fields)]` on it, as `order-payment`'s
+//! `Settings` does. Every `TRELLIS_*` environment variable is read as
+//! configuration (`TRELLIS_CONFIG` excepted), so an unrelated variable with
+//! that prefix is rejected too.
 //!
 //! [`check_file`] checks a file alone, for tools that validate a file before
 //! it is deployed.

@@ -92,6 +92,7 @@ impl Server {
             routes: RoutesBuilder::default(),
             services: Vec::new(),
             signal: None,
+            config_check: None,
         }
     }
 }
@@ -109,6 +110,7 @@ pub struct ServerBuilder {
     routes: RoutesBuilder,
     services: Vec<&'static ServiceDescriptor>,
     signal: Option<ShutdownSignal>,
+    config_check: Option<Box<dyn FnOnce() -> Result<(), Error> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -182,6 +184,16 @@ impl ServerBuilder {
         self
     }
 
+    /// A check that must pass before binding: the application context
+    /// rejects configuration sections that nothing read.
+    pub(crate) fn config_check(
+        mut self,
+        check: impl FnOnce() -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.config_check = Some(Box::new(check));
+        self
+    }
+
     /// Stops the server when `signal` completes, instead of on SIGINT/SIGTERM.
     pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
         self.signal = Some(Box::pin(signal));
@@ -212,8 +224,13 @@ impl ServerBuilder {
     ///
     /// # Errors
     ///
-    /// When the address cannot be bound.
-    pub async fn bind(self) -> Result<BoundServer, Error> {
+    /// When the address cannot be bound, or (for a builder from the
+    /// application's `Context::server`) when the configuration has a section
+    /// that nothing read.
+    pub async fn bind(mut self) -> Result<BoundServer, Error> {
+        if let Some(check) = self.config_check.take() {
+            check()?;
+        }
         let listener = Listener::bind(self.listen).await?;
         Ok(BoundServer { builder: self, listener })
     }

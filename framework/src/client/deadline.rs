@@ -188,3 +188,65 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::client::testing::{grpc, mock, request};
+    use crate::context::RequestContext;
+
+    fn layer() -> DeadlineLayer {
+        DeadlineLayer::new(
+            "t.v1.T",
+            PerMethod::new([("/t.v1.T/Fast", Duration::from_millis(50))], Duration::from_secs(10)),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_method_default_or_the_inbound_deadline_whichever_is_first() {
+        let (inner, mut handle) = mock();
+        let service = layer().layer(inner);
+        let start = Instant::now();
+        let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/Fast")));
+        let (req, reply) = handle.next_request().await.unwrap();
+        assert_eq!(
+            Deadline::of(&req),
+            Some(Deadline { at: start + Duration::from_millis(50), budget: Duration::from_millis(50) })
+        );
+        reply.send_response(grpc(tonic::Code::Ok));
+        call.await.unwrap().unwrap();
+
+        let inbound = RequestContext::new(Some(start + Duration::from_millis(20)));
+        let call = tokio::spawn(inbound.scope(service.oneshot(request("/t.v1.T/Other"))));
+        let (req, reply) = handle.next_request().await.unwrap();
+        let deadline = Deadline::of(&req).unwrap();
+        assert_eq!(
+            deadline.at,
+            start + Duration::from_millis(20) - crate::context::DEADLINE_MARGIN,
+            "inherited"
+        );
+        reply.send_response(grpc(tonic::Code::Ok));
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passed_deadline_is_refused_and_a_late_answer_is_cut() {
+        let (inner, mut handle) = mock();
+        let service = layer().layer(inner);
+        let passed = RequestContext::new(Some(Instant::now()));
+        let err = passed.scope(service.clone().oneshot(request("/t.v1.T/Fast"))).await.unwrap_err();
+        assert!(matches!(err.downcast_ref::<CallError>(), Some(CallError::DeadlinePassed { .. })), "{err}");
+
+        let call = tokio::spawn(service.oneshot(request("/t.v1.T/Fast")));
+        let (_req, _never_answered) = handle.next_request().await.unwrap();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let err = call.await.unwrap().unwrap_err();
+        let Some(CallError::DeadlineExceeded { method, timeout, .. }) = err.downcast_ref::<CallError>()
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((method.as_str(), *timeout), ("/t.v1.T/Fast", Duration::from_millis(50)));
+    }
+}

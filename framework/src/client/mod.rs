@@ -39,7 +39,7 @@
 //! // What `FooClient::discover(&ctx)` does, with a layer of your own
 //! // around each attempt.
 //! let channel = Channel::builder(&ctx, descriptor)
-//!     .attempt_layer(tower::limit::ConcurrencyLimitLayer::new(64))
+//!     .attempt_layer(tower::timeout::TimeoutLayer::new(std::time::Duration::from_millis(300)))
 //!     .build()?;
 //! # Ok(()) }
 //! ```
@@ -52,6 +52,8 @@ mod endpoint;
 mod method;
 mod retry;
 mod stats;
+#[cfg(test)]
+mod testing;
 
 use std::fmt;
 use std::sync::Arc;

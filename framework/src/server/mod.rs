@@ -54,16 +54,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
 use tower::ServiceBuilder;
+use tower::util::{BoxCloneSyncService, Either, MapErrLayer};
+use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::descriptor::{DescribedService, ServiceDescriptor};
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
 use crate::transport::Listener;
@@ -72,6 +77,11 @@ use crate::transport::Listener;
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A call to the server's services, type-erased once where your layers are.
+pub type BoxServerService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+
+type ServerLayerFn = Arc<dyn Fn(BoxServerService) -> BoxServerService + Send + Sync>;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +102,7 @@ impl Server {
             routes: RoutesBuilder::default(),
             services: Vec::new(),
             signal: None,
+            layer: None,
             config_check: None,
         }
     }
@@ -110,6 +121,7 @@ pub struct ServerBuilder {
     routes: RoutesBuilder,
     services: Vec<&'static ServiceDescriptor>,
     signal: Option<ShutdownSignal>,
+    layer: Option<ServerLayerFn>,
     config_check: Option<Box<dyn FnOnce() -> Result<(), Error> + Send + Sync>>,
 }
 
@@ -191,6 +203,29 @@ impl ServerBuilder {
         check: impl FnOnce() -> Result<(), Error> + Send + Sync + 'static,
     ) -> Self {
         self.config_check = Some(Box::new(check));
+        self
+    }
+
+    /// Wraps every call to your services (and health and reflection) in
+    /// `layer`, below the deadline and above injected faults: see the order
+    /// in the [module docs](self). Layers added later wrap those added
+    /// before; compose several with `tower::ServiceBuilder`.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxServerService> + Send + Sync + 'static,
+        L::Service:
+            Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        let current = self.layer.take();
+        self.layer = Some(Arc::new(move |inner: BoxServerService| {
+            let inner = match &current {
+                Some(current) => current(inner),
+                None => inner,
+            };
+            BoxCloneSyncService::new(MapErrLayer::new(Into::into).layer(layer.layer(inner)))
+        }));
         self
     }
 
@@ -277,6 +312,7 @@ impl BoundServer {
             routes,
             services,
             signal,
+            layer,
             ..
         } = builder;
         let endpoint = advertised(local_addr, advertise.as_deref())?.with_scheme(listener.scheme());
@@ -295,6 +331,14 @@ impl BoundServer {
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)
+            // Your layers: type-erased once, only when there are some.
+            .layer(tower::layer::layer_fn(move |inner| {
+                let inner = MapErrLayer::new(Into::<BoxError>::into).layer(inner);
+                match &layer {
+                    Some(layer) => Either::Left(layer(BoxCloneSyncService::new(inner))),
+                    None => Either::Right(inner),
+                }
+            }))
             .option_layer(
                 (!faults.delay.is_zero() || faults.unavailable)
                     .then_some(faults::FaultLayer { delay: faults.delay, unavailable: faults.unavailable }),

@@ -61,7 +61,7 @@ pub enum Balance {
 /// The endpoints one call has tried, so each retry or hedge goes elsewhere.
 /// The retry layer puts one in the request; the balancer adds to it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tried(Arc<Mutex<Vec<Arc<EndpointState>>>>);
+pub(crate) struct Tried(pub(crate) Arc<Mutex<Vec<Arc<EndpointState>>>>);
 
 impl Tried {
     fn snapshot(&self) -> Vec<Arc<EndpointState>> {

@@ -220,3 +220,71 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::client::testing::{grpc, mock, request};
+
+    fn unavailable() -> BoxError {
+        let status = Box::new(tonic::Status::unavailable("down"));
+        CallError::Unavailable { endpoint: "10.0.0.1:1".into(), status, never_reached: false, pushback: None }
+            .into()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_failed_calls_fails_fast_with_a_typed_cause_then_probes() {
+        let counters = Arc::new(Counters::default());
+        let (inner, mut handle) = mock();
+        let service = BreakerLayer::new("t.v1.T", ["/t.v1.T/M"], counters.clone()).layer(inner);
+        for _ in 0..5 {
+            let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
+            handle.next_request().await.unwrap().1.send_error(unavailable());
+            assert!(call.await.unwrap().is_err());
+        }
+        assert_eq!(counters.snapshot().breaker_trips, 1);
+        let err = service.clone().oneshot(request("/t.v1.T/M")).await.unwrap_err();
+        let Some(CallError::CircuitOpen { retry_in, last_failure, .. }) = err.downcast_ref::<CallError>()
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((*retry_in, last_failure.as_str()), (Duration::from_secs(1), "down"));
+        assert!(handle.poll_request().is_pending(), "refused without reaching the service");
+
+        // Other methods have breakers of their own.
+        let other = tokio::spawn(service.clone().oneshot(request("/t.v1.T/Other")));
+        handle.next_request().await.unwrap().1.send_response(grpc(Code::Ok));
+        other.await.unwrap().unwrap();
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
+        let (_req, reply) = handle.next_request().await.unwrap();
+        // One probe at a time.
+        assert!(service.clone().oneshot(request("/t.v1.T/M")).await.is_err());
+        reply.send_response(grpc(Code::Ok));
+        probe.await.unwrap().unwrap();
+        let closed = tokio::spawn(service.oneshot(request("/t.v1.T/M")));
+        handle.next_request().await.unwrap().1.send_response(grpc(Code::Ok));
+        closed.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_and_the_callers_own_failures_do_not_count() {
+        let (inner, mut handle) = mock();
+        let service = BreakerLayer::new("t.v1.T", ["/t.v1.T/M"], Arc::default()).layer(inner);
+        for _ in 0..10 {
+            let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
+            let (_, reply) = handle.next_request().await.unwrap();
+            reply.send_error(CallError::DeadlinePassed { method: "/t.v1.T/M".into() });
+            assert!(call.await.unwrap().is_err());
+            let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
+            handle.next_request().await.unwrap().1.send_response(grpc(Code::NotFound));
+            call.await.unwrap().unwrap();
+        }
+    }
+}

@@ -290,3 +290,92 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::client::stats::Counters;
+    use crate::client::testing::{grpc, mock, request, shed};
+    use crate::registry::Endpoint;
+
+    fn state() -> Arc<EndpointState> {
+        Arc::new(EndpointState::new(
+            Endpoint::new("10.0.0.1", 1),
+            "t.v1.T",
+            Arc::default(),
+            Arc::new(Counters::default()),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_pass_failures_are_typed_and_three_in_a_row_eject() {
+        let state = state();
+        let (inner, mut handle) = mock();
+        let service = EndpointLayer::new(state.clone()).layer(inner);
+
+        let mut req = request("/t.v1.T/M");
+        req.extensions_mut()
+            .insert(Deadline { at: Instant::now() + Duration::from_secs(2), budget: Duration::from_secs(2) });
+        let call = tokio::spawn(service.clone().oneshot(req));
+        let (sent, reply) = handle.next_request().await.unwrap();
+        assert_eq!(sent.headers()[GRPC_TIMEOUT], "2000000u", "what is left of the deadline");
+        reply.send_response(grpc(Code::NotFound));
+        assert!(call.await.unwrap().is_ok(), "NOT_FOUND is an answer");
+
+        let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
+        handle.next_request().await.unwrap().1.send_response(shed());
+        let err = call.await.unwrap().unwrap_err();
+        let Some(CallError::Unavailable { never_reached, pushback, .. }) = err.downcast_ref::<CallError>()
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((*never_reached, *pushback), (true, Some(Some(Duration::from_millis(20)))));
+
+        for _ in 0..2 {
+            assert!(state.in_rotation());
+            let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
+            handle.next_request().await.unwrap().1.send_response(grpc(Code::Unavailable));
+            assert!(call.await.unwrap().is_err());
+        }
+        assert!(!state.in_rotation(), "ejected after 3 failures in a row");
+        assert_eq!(state.counters.snapshot().ejections, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connection_never_reached_a_handler_and_a_silent_one_times_out() {
+        let state = state();
+        let (inner, mut handle) = mock();
+        let service = EndpointLayer::new(state.clone()).layer(inner);
+        let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
+        let refused =
+            tonic::ConnectError(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        handle.next_request().await.unwrap().1.send_error(refused);
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<CallError>(),
+                Some(CallError::Unreachable { never_reached: true, .. })
+            ),
+            "{err}"
+        );
+
+        let mut req = request("/t.v1.T/M");
+        req.extensions_mut().insert(Deadline {
+            at: Instant::now() + Duration::from_millis(30),
+            budget: Duration::from_millis(30),
+        });
+        let call = tokio::spawn(service.oneshot(req));
+        let (_req, _never) = handle.next_request().await.unwrap();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        let err = call.await.unwrap().unwrap_err();
+        let Some(CallError::DeadlineExceeded { endpoint, .. }) = err.downcast_ref::<CallError>() else {
+            panic!("{err}")
+        };
+        assert_eq!(endpoint.as_deref(), Some("10.0.0.1:1"));
+    }
+}

@@ -286,3 +286,120 @@ where
         tokio::time::sleep(backoff).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::client::testing::{grpc, mock, request};
+
+    const SAFE: RetryPolicy =
+        RetryPolicy { retry_safe: true, replayable: true, max_attempts: 3, hedge: None, hash_key: None };
+
+    fn layer(counters: &Arc<Counters>) -> RetryLayer {
+        let policies = PerMethod::new(
+            [
+                ("/t.v1.T/Safe", SAFE),
+                ("/t.v1.T/Unsafe", RetryPolicy { retry_safe: false, ..SAFE }),
+                ("/t.v1.T/Hedged", RetryPolicy { hedge: Some((Duration::from_millis(10), 2)), ..SAFE }),
+            ],
+            RetryPolicy::UNKNOWN,
+        );
+        RetryLayer::new("t.v1.T", policies, counters.clone())
+    }
+
+    fn unavailable(never_reached: bool, pushback: Option<Option<Duration>>) -> BoxError {
+        let status = Box::new(tonic::Status::unavailable("down"));
+        CallError::Unavailable { endpoint: "10.0.0.1:1".into(), status, never_reached, pushback }.into()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_safe_method_is_sent_again_with_what_it_tried() {
+        let counters = Arc::new(Counters::default());
+        let (inner, mut handle) = mock();
+        let call = tokio::spawn(layer(&counters).layer(inner).oneshot(request("/t.v1.T/Safe")));
+        let (first, reply) = handle.next_request().await.unwrap();
+        reply.send_error(unavailable(false, None));
+        let (second, reply) = handle.next_request().await.unwrap();
+        reply.send_response(grpc(Code::Ok));
+        call.await.unwrap().unwrap();
+        let tried = |r: &Request<Body>| r.extensions().get::<Tried>().map(|t| Arc::as_ptr(&t.0));
+        assert!(tried(&first).is_some() && tried(&first) == tried(&second), "one Tried list per call");
+        assert_eq!(counters.snapshot().retries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unsafe_method_is_retried_only_when_it_never_ran() {
+        let counters = Arc::new(Counters::default());
+        let (inner, mut handle) = mock();
+        let service = layer(&counters).layer(inner);
+        let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/Unsafe")));
+        handle.next_request().await.unwrap().1.send_error(unavailable(false, None));
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err.downcast_ref::<CallError>(), Some(CallError::Unavailable { .. })));
+        assert!(handle.poll_request().is_pending(), "not sent again");
+
+        let start = Instant::now();
+        let call = tokio::spawn(service.oneshot(request("/t.v1.T/Unsafe")));
+        handle
+            .next_request()
+            .await
+            .unwrap()
+            .1
+            .send_error(unavailable(true, Some(Some(Duration::from_millis(20)))));
+        let (_, reply) = handle.next_request().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(20), "after the server's pushback");
+        reply.send_response(grpc(Code::Ok));
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_past_the_deadline_and_the_cause_says_so() {
+        let (inner, mut handle) = mock();
+        let mut req = request("/t.v1.T/Safe");
+        let at = Instant::now() + Duration::from_millis(5);
+        req.extensions_mut().insert(Deadline { at, budget: Duration::from_millis(5) });
+        let call = tokio::spawn(layer(&Arc::default()).layer(inner).oneshot(req));
+        handle
+            .next_request()
+            .await
+            .unwrap()
+            .1
+            .send_error(unavailable(true, Some(Some(Duration::from_millis(20)))));
+        let err = call.await.unwrap().unwrap_err();
+        let Some(CallError::NotRetried { reason, last }) = err.downcast_ref::<CallError>() else {
+            panic!("{err}")
+        };
+        assert_eq!(*reason, NotRetried::NoTimeLeft);
+        assert_eq!(last.code(), Code::Unavailable);
+        assert_eq!(err.to_string(), "down (not retried: no time left before the deadline)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_attempt_is_hedged_and_the_first_answer_wins() {
+        let counters = Arc::new(Counters::default());
+        let (inner, mut handle) = mock();
+        let call = tokio::spawn(layer(&counters).layer(inner).oneshot(request("/t.v1.T/Hedged")));
+        let (_, _slow) = handle.next_request().await.unwrap();
+        let start = Instant::now();
+        let (_, reply) = handle.next_request().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(10), "hedged after the delay");
+        reply.send_response(grpc(Code::Ok));
+        call.await.unwrap().unwrap();
+        assert_eq!(counters.snapshot().hedges, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_call_goes_straight_through() {
+        let (inner, mut handle) = mock();
+        let policies = PerMethod::new([], RetryPolicy { replayable: false, ..SAFE });
+        let service = RetryLayer::new("t.v1.T", policies, Arc::default()).layer(inner);
+        let call = tokio::spawn(service.oneshot(request("/t.v1.T/Stream")));
+        let (req, reply) = handle.next_request().await.unwrap();
+        assert!(req.extensions().get::<Tried>().is_none(), "sent once, as it came");
+        reply.send_error(unavailable(true, None));
+        assert!(call.await.unwrap().is_err());
+        assert!(!matches!(handle.poll_request(), Poll::Ready(Some(_))), "not sent again");
+    }
+}

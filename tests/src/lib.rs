@@ -224,7 +224,7 @@ impl Service {
         tokio::time::timeout(timeout, async {
             while let Some(line) = self.logs.recv().await {
                 let ends_call = line["message"] == "call finished" || line["message"] == "call failed";
-                if ends_call && line["span"]["rpc.method"] == method {
+                if ends_call && line["rpc.method"] == method {
                     return line;
                 }
             }

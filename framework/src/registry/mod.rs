@@ -5,6 +5,8 @@
 //! | `local://[DIR]` | the default: a directory of leased entries on this machine; nothing to run |
 //! | `etcd://HOST:PORT[,HOST:PORT...]` | etcd v3, for clusters (cargo feature `etcd`) |
 //! | `dns://[SERVER:PORT/]NAME[:PORT][?interval=5s]` | A/AAAA or SRV records, re-resolved periodically; read-only (cargo feature `dns`, on by default) |
+//! | `consul://HOST:PORT` | a Consul agent's HTTP API: TTL or gRPC health checks, blocking queries (cargo feature `consul`) |
+//! | `eureka://HOST:PORT/PATH` | a Eureka server's REST API, Netflix (`/eureka/v2`) or Spring Cloud (`/eureka`) (cargo feature `eureka`) |
 //! | `static://SERVICE=HOST:PORT[,HOST:PORT...][;SERVICE=...]` | fixed endpoints |
 //!
 //! Both sides use the same [`Registry`]: a server [registers](Registry::register)
@@ -17,16 +19,27 @@
 //! instances it knew, and a registration keeps trying to renew itself; each
 //! logs the outage once and the recovery once.
 //!
+//! The Consul and Eureka backends are tested against in-process fakes of
+//! the parts of those APIs they use, and the fakes are checked with
+//! third-party Consul and Eureka clients; they have not been run against a
+//! real Consul agent or Eureka server in this repository's tests.
+//!
 //! Inside this module: `types` holds what every backend shares (imported by
 //! the backends, importing none of them); `url` reads URLs; `poll` holds the
 //! background loops (following by polling, renewing, outage logging);
 //! `schemes` is the scheme table, the one place that names every backend.
 
+#[cfg(feature = "consul")]
+mod consul;
 #[cfg(feature = "dns")]
 mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "eureka")]
+mod eureka;
 mod fixed;
+#[cfg(any(feature = "consul", feature = "eureka"))]
+mod http;
 mod local;
 mod poll;
 mod schemes;

@@ -39,7 +39,7 @@ macro_rules! gated {
 }
 
 /// Every kind, in the order error messages list them.
-fn kinds() -> [Kind; 4] {
+fn kinds() -> [Kind; 6] {
     [
         Kind {
             scheme: "local",
@@ -50,6 +50,16 @@ fn kinds() -> [Kind; 4] {
             scheme: "etcd",
             form: "etcd://HOST:PORT[,HOST:PORT...][?ttl=3s&prefix=/trellis]",
             open: gated!("etcd", super::etcd::Etcd),
+        },
+        Kind {
+            scheme: "consul",
+            form: "consul://HOST:PORT[?ttl=10s&check=ttl|grpc&deregister_after=1m&interval=200ms&wait=30s&token=...]",
+            open: gated!("consul", super::consul::Consul),
+        },
+        Kind {
+            scheme: "eureka",
+            form: "eureka://HOST:PORT/PATH[?ttl=30s&interval=5s], PATH such as /eureka or /eureka/v2",
+            open: gated!("eureka", super::eureka::Eureka),
         },
         Kind {
             scheme: "dns",
@@ -113,6 +123,8 @@ mod tests {
     fn every_scheme_opens_or_names_its_feature() {
         for (url, feature, on) in [
             ("etcd://127.0.0.1:2379", "etcd", cfg!(feature = "etcd")),
+            ("consul://127.0.0.1:8500", "consul", cfg!(feature = "consul")),
+            ("eureka://127.0.0.1:8761/eureka", "eureka", cfg!(feature = "eureka")),
             ("dns://127.0.0.1:53/a.example:1", "dns", cfg!(feature = "dns")),
         ] {
             match open(url) {

@@ -49,10 +49,15 @@ def view(instance):
 
 
 async def lookup(server, app):
-    one = await eureka_basic.get_application(server, app)
+    try:
+        one = (await eureka_basic.get_application(server, app)).instances
+    except Exception as e:  # the server answers 404 for an app with no instances
+        if "404" not in str(e):
+            raise
+        one = []
     everything = await eureka_basic.get_applications(server)
     from_registry = [view(i) for a in everything.applications if a.name == app.upper() for i in a.instances]
-    print(json.dumps({"application": [view(i) for i in one.instances], "registry": from_registry}), flush=True)
+    print(json.dumps({"application": [view(i) for i in one], "registry": from_registry}), flush=True)
 
 
 def main():

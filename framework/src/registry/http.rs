@@ -37,10 +37,11 @@ impl std::fmt::Debug for Http {
     }
 }
 
-/// An answer: its status, one header the caller asked for, and its body.
+/// An answer: its status, headers and body.
 #[derive(Debug)]
 pub(super) struct Reply {
     pub(super) status: StatusCode,
+    #[cfg_attr(not(feature = "consul"), allow(dead_code, reason = "only Consul reads headers"))]
     pub(super) headers: http::HeaderMap,
     pub(super) body: Bytes,
 }
@@ -52,6 +53,7 @@ impl Http {
     }
 
     /// Every request carries `name: value`; a `secret` value is never logged.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code, reason = "only Consul sends a token"))]
     pub(super) fn with_header(
         mut self,
         name: &'static str,

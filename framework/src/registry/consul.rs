@@ -360,6 +360,10 @@ impl Source for Query {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| format!("GET {path} answered without a numeric X-Consul-Index header"))?;
+        // Consul's rules: an index that went backwards starts over from 0;
+        // one below 1 is taken as 1. An unchanged index (the wait ran out)
+        // is decoded all the same: publishing compares, and an agent that
+        // lost its state may come back to the same index with other entries.
         let previous = std::mem::replace(&mut self.index, index.max(1));
         if index < previous {
             tracing::info!(
@@ -367,8 +371,6 @@ impl Source for Query {
                 "the Consul index went back from {previous} to {index}; reading anew"
             );
             self.index = 0;
-        } else if index == previous {
-            return Ok(None);
         }
         Ok(Some(self.decode(&reply)?))
     }

@@ -303,13 +303,13 @@ impl Lease for EtcdLease {
     }
 }
 
-/// The key and instance in `kv`; `None` (logged) if the value is not an instance.
+/// The key and instance in `kv`; `None` (with a warning) if the value is not an instance.
 fn decode(kv: &KeyValue) -> Option<(String, Instance)> {
     let key = String::from_utf8_lossy(kv.key()).into_owned();
     match serde_json::from_slice(kv.value()) {
         Ok(instance) => Some((key, instance)),
         Err(e) => {
-            tracing::debug!(key, "skipping unreadable registry entry: {e}");
+            tracing::warn!(key, "skipping a registry entry that cannot be read: {e}");
             None
         }
     }

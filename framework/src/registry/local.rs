@@ -10,6 +10,7 @@
 //! a minute. Nothing needs to run; the default directory is
 //! `$TMPDIR/trellis-registry-<uid>`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -89,16 +90,20 @@ fn heartbeat(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// What a scan found: the live instances, and the entries that could not
+/// be read, with why.
+type Scanned = (Vec<Instance>, Vec<(PathBuf, String)>);
+
 /// The live instances in `dir`: entries renewed within `ttl`. Deletes entries
 /// stale for longer than [`STALE_GRACE`].
-fn scan(dir: &Path, ttl: Duration) -> std::io::Result<Vec<Instance>> {
+fn scan(dir: &Path, ttl: Duration) -> std::io::Result<Scanned> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(e),
     };
     let now = SystemTime::now();
-    let mut instances = Vec::new();
+    let (mut instances, mut unreadable) = (Vec::new(), Vec::new());
     for entry in entries {
         let path = entry?.path();
         if path.extension().is_none_or(|ext| ext != "json") {
@@ -116,10 +121,10 @@ fn scan(dir: &Path, ttl: Duration) -> std::io::Result<Vec<Instance>> {
         let Ok(bytes) = std::fs::read(&path) else { continue };
         match serde_json::from_slice::<Instance>(&bytes) {
             Ok(instance) => instances.push(instance),
-            Err(e) => tracing::debug!(path = %path.display(), "skipping unreadable registry entry: {e}"),
+            Err(e) => unreadable.push((path, e.to_string())),
         }
     }
-    Ok(instances)
+    Ok((instances, unreadable))
 }
 
 /// A registration in a `local://` directory.
@@ -188,7 +193,7 @@ impl Backend for Local {
     }
 
     fn resolve(&self, service: &str) -> BoxFuture<'_, Result<Resolution, Error>> {
-        let source = Scan { dir: self.service_dir(service), ttl: self.ttl };
+        let source = Scan { dir: self.service_dir(service), ttl: self.ttl, warned: HashSet::new() };
         let (service, what) = (service.to_owned(), format!("resolving {service} in {}", self.url));
         Box::pin(async move {
             let dir = source.dir.clone();
@@ -204,6 +209,8 @@ impl Backend for Local {
 struct Scan {
     dir: PathBuf,
     ttl: Duration,
+    /// Unreadable entries already warned about.
+    warned: HashSet<PathBuf>,
 }
 
 impl Source for Scan {
@@ -212,7 +219,15 @@ impl Source for Scan {
     async fn fetch(&mut self) -> Result<Option<Vec<Instance>>, String> {
         let (dir, ttl) = (self.dir.clone(), self.ttl);
         match tokio::task::spawn_blocking(move || scan(&dir, ttl)).await {
-            Ok(Ok(instances)) => Ok(Some(instances)),
+            Ok(Ok((instances, unreadable))) => {
+                for (path, why) in unreadable {
+                    if !self.warned.contains(&path) {
+                        tracing::warn!(path = %path.display(), "skipping a registry entry that cannot be read: {why}");
+                        self.warned.insert(path);
+                    }
+                }
+                Ok(Some(instances))
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         }
@@ -263,13 +278,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.json");
         std::fs::write(&path, serde_json::to_vec(&instance(3)).unwrap()).unwrap();
-        assert_eq!(scan(dir.path(), DEFAULT_TTL).unwrap().len(), 1);
+        assert_eq!(scan(dir.path(), DEFAULT_TTL).unwrap().0.len(), 1);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_modified(SystemTime::now() - Duration::from_secs(10)).unwrap();
-        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().is_empty());
+        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().0.is_empty());
         assert!(path.exists(), "kept during the grace period");
         file.set_modified(SystemTime::now() - STALE_GRACE - Duration::from_secs(10)).unwrap();
-        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().is_empty());
+        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().0.is_empty());
         assert!(!path.exists(), "collected after the grace period");
     }
 

@@ -27,8 +27,8 @@ pub(super) trait Source: Send + 'static {
     type Error: fmt::Display + Send;
 
     /// The service's instances now; `Ok(None)` when the source knows that
-    /// nothing changed since its last answer (a blocking query that timed
-    /// out, a delta with no entries).
+    /// nothing changed since its last answer (an HTTP 304, an empty delta),
+    /// which spares decoding and comparing.
     fn fetch(&mut self) -> impl Future<Output = Result<Option<Vec<Instance>>, Self::Error>> + Send;
 }
 

@@ -398,7 +398,9 @@ impl Shared {
                 None => Duration::from_secs(300),
             };
             let mut changes = self.index.subscribe();
-            let _ = tokio::time::timeout(wait, changes.wait_for(|current| *current != index)).await;
+            // As Consul does: wait until the index moves past the one asked for; an
+            // index that went backwards below it waits the whole `wait`.
+            let _ = tokio::time::timeout(wait, changes.wait_for(|current| *current > index)).await;
         }
         let state = self.state.lock().expect("state");
         let mut entries: Vec<Value> = state

@@ -183,3 +183,39 @@ async fn a_server_that_forgot_the_instance_gets_it_again() {
     lease.deregister().await.expect("deregister");
     assert!(eureka.instance(&app, &id).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolutions_follow_the_delta_and_read_in_full_only_on_change() {
+    for delta in [true, false] {
+        let eureka = FakeEureka::start_with_delta("/eureka", delta).await;
+        let registry = Registry::from_url(&eureka.url("?interval=50ms")).expect("registry");
+        let app_path = format!("/apps/{}", DEEP_DESCRIPTOR.name().to_ascii_uppercase());
+        let _a = registry
+            .register(Instance::new(
+                DEEP_DESCRIPTOR.name(),
+                Endpoint::new("127.0.0.1", 7001),
+                Metadata::default(),
+            ))
+            .await
+            .expect("register");
+        let mut resolution = registry.resolve(DEEP_DESCRIPTOR.name()).await.expect("resolve");
+        assert_eq!(resolution.current().len(), 1);
+        // About 20 quiet polls.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (full, deltas) = (eureka.gets(&app_path), eureka.gets("/apps/delta"));
+        if delta {
+            assert!(full <= 3 && deltas >= 10, "quiet: {full} full reads, {deltas} deltas");
+        } else {
+            assert!(full >= 10 && deltas <= 1, "no delta: {full} full reads, {deltas} deltas");
+        }
+        let _b = registry
+            .register(Instance::new(
+                DEEP_DESCRIPTOR.name(),
+                Endpoint::new("127.0.0.1", 7002),
+                Metadata::default(),
+            ))
+            .await
+            .expect("register");
+        wait_for(&mut resolution, Duration::from_secs(2), |now| now.len() == 2).await;
+    }
+}

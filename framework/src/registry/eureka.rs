@@ -16,15 +16,18 @@
 //! by the server once its lease expires (a real server evicts in a
 //! background pass, and not at all in self-preservation mode).
 //!
-//! Resolving polls `GET PATH/apps/APP` every `interval` and keeps the
-//! instances whose status is `UP`; an unknown application (404) has no
-//! instances. The delta endpoint (`/apps/delta`) is not used: it lists the
-//! changes of every application, and one application's full list is what
-//! a resolution needs. Instances that cannot be read are skipped with one
-//! warning each.
+//! Resolving reads `GET PATH/apps/APP` and keeps the instances whose
+//! status is `UP`; an unknown application (404) has no instances. Then
+//! every `interval` it reads the delta (`GET PATH/apps/delta`, the changes
+//! of the last minutes across all applications) and reads the
+//! application's list again only when the delta shows new changes of it,
+//! after a failed poll, and at least every 30 s. A server that serves no
+//! delta (403, as with Spring's `disable-delta`, or 404) gets the full
+//! read every `interval`. Instances that cannot be read are skipped with
+//! one warning each.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -214,22 +217,88 @@ fn instance(record: &Value, service: &str) -> Result<Option<Instance>, String> {
     Ok(Some(Instance { id: id.to_owned(), service: service.to_owned(), endpoint, metadata }))
 }
 
-/// Polls one application.
+/// Polls one application: the delta every time, the application's full
+/// list when the delta shows it changed, or at least every [`FULL_EVERY`].
 #[derive(Debug)]
 struct Poll {
     http: Http,
     service: String,
+    /// `/apps/APP`.
     path: String,
+    /// The application's name, in capitals.
+    app: String,
     warned: HashSet<String>,
+    /// When the full list was last read; `None` reads it next time.
+    full_at: Option<Instant>,
+    /// Whether the server serves `/apps/delta`.
+    delta: bool,
+    /// This application's records in the last delta.
+    last_delta: Option<Vec<Value>>,
 }
+
+/// The longest time between two reads of an application's full list.
+const FULL_EVERY: Duration = Duration::from_secs(30);
 
 impl Source for Poll {
     type Error = String;
 
     async fn fetch(&mut self) -> Result<Option<Vec<Instance>>, String> {
+        let fetched = self.fetch_changes().await;
+        if fetched.is_err() {
+            // The delta only covers recent minutes: after a failure, read everything.
+            self.full_at = None;
+        }
+        fetched
+    }
+}
+
+impl Poll {
+    async fn fetch_changes(&mut self) -> Result<Option<Vec<Instance>>, String> {
+        let recent = self.full_at.is_some_and(|at| at.elapsed() < FULL_EVERY);
+        if self.delta && recent && !self.delta_names_a_change().await? {
+            return Ok(None);
+        }
+        let instances = self.full().await?;
+        self.full_at = Some(Instant::now());
+        Ok(Some(instances))
+    }
+
+    /// Whether `/apps/delta` holds changes of this application not seen in
+    /// the previous delta. A server without deltas (403 or 404) is not asked
+    /// again, and `true` is returned.
+    async fn delta_names_a_change(&mut self) -> Result<bool, String> {
+        let path = "/apps/delta";
+        let reply = self.http.send(Method::GET, path, None, REQUEST_TIMEOUT).await?;
+        if matches!(reply.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) {
+            tracing::info!(
+                service = self.service,
+                "the Eureka server serves no delta; reading the application in full"
+            );
+            self.delta = false;
+            return Ok(true);
+        }
+        if reply.status != StatusCode::OK {
+            return Err(format!("GET {path} answered {}: {}", reply.status, reply.text()));
+        }
+        let body: Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| format!("GET {path} answered something other than JSON: {e}: {}", reply.text()))?;
+        let ours: Vec<Value> = list(body.pointer("/applications/application"))
+            .into_iter()
+            .filter(|app| {
+                app.get("name").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(&self.app))
+            })
+            .flat_map(|app| list(app.get("instance")))
+            .collect();
+        let changed = !ours.is_empty() && self.last_delta.as_ref() != Some(&ours);
+        self.last_delta = Some(ours);
+        Ok(changed)
+    }
+
+    /// The `UP` instances of `GET /apps/APP`.
+    async fn full(&mut self) -> Result<Vec<Instance>, String> {
         let reply = self.http.send(Method::GET, &self.path, None, REQUEST_TIMEOUT).await?;
         if reply.status == StatusCode::NOT_FOUND {
-            return Ok(Some(Vec::new()));
+            return Ok(Vec::new());
         }
         if reply.status != StatusCode::OK {
             return Err(format!("GET {} answered {}: {}", self.path, reply.status, reply.text()));
@@ -237,20 +306,8 @@ impl Source for Poll {
         let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
             format!("GET {} answered something other than JSON: {e}: {}", self.path, reply.text())
         })?;
-        let records = match body.pointer("/application/instance") {
-            Some(Value::Array(records)) => records.clone(),
-            // Older servers send a lone instance as an object.
-            Some(record @ Value::Object(_)) => vec![record.clone()],
-            None | Some(Value::Null) => Vec::new(),
-            Some(other) => {
-                return Err(format!(
-                    "GET {}: `instance` is neither a list nor an object: {other}",
-                    self.path
-                ));
-            }
-        };
-        let mut instances = Vec::with_capacity(records.len());
-        for record in &records {
+        let mut instances = Vec::new();
+        for record in &list(body.pointer("/application/instance")) {
             match instance(record, &self.service) {
                 Ok(Some(instance)) => instances.push(instance),
                 Ok(None) => {}
@@ -270,7 +327,16 @@ impl Source for Poll {
                 }
             }
         }
-        Ok(Some(instances))
+        Ok(instances)
+    }
+}
+
+/// A JSON list, a lone object (as older servers send one element), or nothing.
+fn list(value: Option<&Value>) -> Vec<Value> {
+    match value {
+        Some(Value::Array(items)) => items.clone(),
+        Some(item @ Value::Object(_)) => vec![item.clone()],
+        _ => Vec::new(),
     }
 }
 
@@ -367,7 +433,11 @@ impl Backend for Eureka {
             http: self.http.clone(),
             service: service.to_owned(),
             path: format!("/apps/{}", encode(&app(service))),
+            app: app(service),
             warned: HashSet::new(),
+            full_at: None,
+            delta: true,
+            last_delta: None,
         };
         let (service, what) = (service.to_owned(), format!("resolving {service} in {}", self.url));
         let pace = Pace::every(self.interval);

@@ -52,6 +52,10 @@ struct State {
     /// Recent changes: when, and the instance record with its `actionType`.
     changes: VecDeque<(Instant, String, Value)>,
     version: u64,
+    /// Whether `/apps/delta` is served (403 otherwise, as Spring's `disable-delta`).
+    delta: bool,
+    /// How many GETs each path (under the base) had.
+    gets: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,8 +68,14 @@ struct Lease {
 impl FakeEureka {
     /// A fake server under `base` (such as `/eureka` or `/eureka/v2`).
     pub async fn start(base: &str) -> FakeEureka {
+        Self::start_with_delta(base, true).await
+    }
+
+    /// A fake server that serves `/apps/delta` or, when `delta` is false,
+    /// refuses it with 403 as a server with deltas disabled does.
+    pub async fn start_with_delta(base: &str, delta: bool) -> FakeEureka {
         let base = base.trim_end_matches('/').to_owned();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State { delta, ..State::default() }));
         let (handler_state, handler_base) = (state.clone(), base.clone());
         let server = HttpServer::start(move |req| {
             let (state, base) = (handler_state.clone(), handler_base.clone());
@@ -116,6 +126,11 @@ impl FakeEureka {
         state.version += 1;
     }
 
+    /// How many GET requests `path` (under the base, such as `/apps/delta`) had.
+    pub fn gets(&self, path: &str) -> usize {
+        self.state.lock().expect("state").gets.get(path).copied().unwrap_or(0)
+    }
+
     /// Forgets every instance, as a restarted server.
     pub fn forget_everything(&self) {
         let mut state = self.state.lock().expect("state");
@@ -135,7 +150,11 @@ fn handle(state: &Mutex<State>, base: &str, req: Req) -> Reply {
         .iter()
         .any(|v| v.to_str().is_ok_and(|v| v.contains("json")));
     let mut state = state.lock().expect("state");
+    if req.method == Method::GET {
+        *state.gets.entry(format!("/apps{rest}")).or_default() += 1;
+    }
     match (&req.method, segments.as_slice()) {
+        (&Method::GET, ["delta"]) if !state.delta => text(StatusCode::FORBIDDEN, "delta disabled"),
         (&Method::GET, []) => {
             let apps = state.apps.clone();
             let body = applications(

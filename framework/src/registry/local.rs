@@ -237,7 +237,7 @@ impl Source for Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Endpoint, Metadata};
+    use crate::registry::types::{Endpoint, Metadata};
 
     fn parse(url: &str) -> Result<Local, Error> {
         Local::parse(&Target { url, rest: &url["local://".len()..], form: "local://[DIR]" })

@@ -20,14 +20,18 @@
 //! logs the outage once and the recovery once.
 //!
 //! The Consul and Eureka backends are tested against in-process fakes of
-//! the parts of those APIs they use, and the fakes are checked with
-//! third-party Consul and Eureka clients; they have not been run against a
-//! real Consul agent or Eureka server in this repository's tests.
+//! the parts of those APIs they use (`tests/src/fakes`, each listing what it
+//! does not model), and the fakes are checked with third-party clients that
+//! were written against the real servers: `py-consul`, `py-eureka-client`
+//! and `eureka-js-client`. No test here runs a real Consul agent or Eureka
+//! server.
 //!
 //! Inside this module: `types` holds what every backend shares (imported by
 //! the backends, importing none of them); `url` reads URLs; `poll` holds the
 //! background loops (following by polling, renewing, outage logging);
-//! `schemes` is the scheme table, the one place that names every backend.
+//! `http` is the HTTP client of Consul and Eureka; `schemes` is the scheme
+//! table, the one place that names every backend. Nothing below `schemes`
+//! imports it, and nothing imports this file but through its re-exports.
 
 #[cfg(feature = "consul")]
 mod consul;

@@ -96,7 +96,7 @@ impl Setup {
     #[cfg(feature = "consul")]
     async fn consul() -> Setup {
         let consul = FakeConsul::start().await;
-        let url = consul.url("?ttl=1s&interval=20ms&wait=1s");
+        let url = consul.url("?ttl=1s&interval=20ms&wait=5s");
         Setup { name: "consul", url, lease: Duration::from_secs(1), control: Control::Consul(consul) }
     }
 
@@ -238,7 +238,8 @@ async fn a_killed_registrant_expires_within_its_lease(setup: Setup) {
         "{}: a SIGKILLed registrant left the resolution after {took:?} (lease {:?})",
         setup.name, setup.lease
     );
-    assert!(took <= setup.lease + Duration::from_millis(1500), "{}: took {took:?}", setup.name);
+    // The lease, a poll, and room for a loaded machine.
+    assert!(took <= setup.lease + Duration::from_secs(2), "{}: took {took:?}", setup.name);
 }
 
 async fn an_outage_keeps_the_last_instances_and_is_logged_once(mut setup: Setup) {
@@ -314,8 +315,9 @@ async fn an_index_that_goes_backwards_is_read_anew(setup: Setup) {
     let _b = registry.register(instance(7002)).await.expect("register");
     wait_for(setup.name, &mut resolution, STEP, |now| ports(now) == BTreeSet::from([7001, 7002])).await;
     assert_eq!(logs.count("the Consul index went back"), 1, "{}", logs.text());
+    // Following on from the new index: a change arrives well before the 5 s wait.
     let _c = registry.register(instance(7003)).await.expect("register");
-    wait_for(setup.name, &mut resolution, Duration::from_millis(900), |now| now.len() == 3).await;
+    wait_for(setup.name, &mut resolution, Duration::from_millis(2500), |now| now.len() == 3).await;
 }
 
 async fn a_malformed_entry_is_skipped_with_one_warning(setup: Setup) {

@@ -13,6 +13,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+pub mod fakes;
+pub mod registries;
+
 /// The generated code of the test protos.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod proto {

@@ -51,6 +51,7 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
+pub mod testing;
 mod transport;
 
 pub use app::{App, Context};

@@ -223,8 +223,9 @@ fn full_config(http: &str) -> String {
          pid nginx.pid;\n\
          error_log error.log warn;\n\
          events {{\n    worker_connections 1024;\n}}\n\
-         http {{\n    access_log access.log;\n    client_body_temp_path tmp/body;\n    proxy_temp_path tmp/proxy;\n    \
-         fastcgi_temp_path tmp/fastcgi;\n    uwsgi_temp_path tmp/uwsgi;\n    scgi_temp_path tmp/scgi;\n{indented}}}\n"
+         http {{\n    log_format trellis '$remote_addr [$time_local] \"$request\" $status $request_time \
+         upstream=$upstream_addr upstream_status=$upstream_status';\n    access_log access.log trellis;\n    client_body_temp_path client_body_temp;\n    proxy_temp_path proxy_temp;\n    \
+         fastcgi_temp_path fastcgi_temp;\n    uwsgi_temp_path uwsgi_temp;\n    scgi_temp_path scgi_temp;\n{indented}}}\n"
     )
 }
 

@@ -1,0 +1,155 @@
+//! `trellis nginx` with a real Nginx on loopback in front of two real
+//! `order-payment` processes: calls reach both, and once one is SIGKILLed
+//! Nginx passes it over.
+//!
+//! Needs nginx (Debian `nginx-light`) and the workspace's service binaries
+//! (`./scripts/test` builds them).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use order_payment::proto::order::payment::v1::{GetPaymentRequest, OrderPaymentClient};
+use trellis::Registry;
+use trellis_tests::Service;
+
+use support::{run, text};
+
+const SERVICE: &str = "order.payment.v1.OrderPayment";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts Nginx on `prefix/nginx.conf` in the foreground, as one process
+/// (so killing it leaves no worker behind); returns once it accepts connections.
+async fn start_nginx(prefix: &Path, port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new("/usr/sbin/nginx")
+        .args([
+            "-p",
+            prefix.to_str().unwrap(),
+            "-c",
+            "nginx.conf",
+            "-e",
+            "stderr",
+            "-g",
+            "daemon off; master_process off;",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nginx is installed (Debian: nginx-light)");
+    let started = tokio::time::Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "nginx did not listen on {port} within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+/// The calls to the service in the access log, from the `skip`th on: (status, upstream addresses tried).
+fn access_log(prefix: &Path, skip: usize) -> Vec<(String, Vec<String>)> {
+    let log = std::fs::read_to_string(prefix.join("access.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(SERVICE))
+        .skip(skip)
+        .map(|line| {
+            let status =
+                line.split("\" ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("").to_owned();
+            let upstreams = line
+                .split("upstream=")
+                .nth(1)
+                .and_then(|rest| rest.split(" upstream_status=").next())
+                .unwrap_or("")
+                .split(", ")
+                .map(str::to_owned)
+                .collect();
+            (status, upstreams)
+        })
+        .collect()
+}
+
+async fn call_through(client: &mut OrderPaymentClient, n: usize, tag: &str) {
+    for i in 0..n {
+        let request = GetPaymentRequest { order_id: format!("{tag}-{i}") };
+        let err = client.get_payment(request).await.expect_err("no such payment");
+        // NOT_FOUND comes from the handler: the call went through Nginx to an instance.
+        assert_eq!(err.code(), trellis::Code::NotFound, "call {tag}-{i}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_spreads_calls_over_the_instances_and_passes_over_a_killed_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = format!("local://{}", tmp.path().join("registry").display());
+    let database = format!("payment.database={}", tmp.path().join("payments.sqlite3").display());
+    let args = ["--registry", registry.as_str(), "--set", database.as_str()];
+    let mut a = Service::start("order-payment", &args).await;
+    let b = Service::start("order-payment", &args).await;
+
+    let prefix = tmp.path().join("nginx");
+    let port = free_port();
+    let out = run(&[
+        "nginx",
+        "--registry",
+        &registry,
+        SERVICE,
+        "--full",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--output",
+        prefix.join("nginx.conf").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let conf = std::fs::read_to_string(prefix.join("nginx.conf")).unwrap();
+    for instance in [&a, &b] {
+        assert!(
+            conf.contains(&format!("server {} max_fails=1 fail_timeout=10s;", instance.addr())),
+            "{conf}"
+        );
+    }
+    let _nginx = start_nginx(&prefix, port).await;
+
+    let nginx: SocketAddr = ([127, 0, 0, 1], port).into();
+    let through = Registry::from_url(&format!("static://{SERVICE}={nginx}")).unwrap();
+    let mut client = OrderPaymentClient::discover(&through).unwrap();
+    call_through(&mut client, 20, "before").await;
+    let before = access_log(&prefix, 0);
+    assert_eq!(before.len(), 20, "every call went through nginx: {before:?}");
+    for instance in [&a, &b] {
+        let served = before.iter().filter(|(_, up)| up == &[instance.addr().to_string()]).count();
+        assert!(served >= 5, "{} served {served} of 20 calls: {before:?}", instance.addr());
+    }
+    assert!(before.iter().all(|(status, _)| status == "200"), "{before:?}");
+
+    a.signal(Signal::SIGKILL);
+    a.wait(Duration::from_secs(5)).await;
+    call_through(&mut client, 20, "after").await;
+    let after = access_log(&prefix, 20);
+    assert_eq!(after.len(), 20, "{after:?}");
+    let dead = a.addr().to_string();
+    let tried_dead = after.iter().filter(|(_, up)| up.contains(&dead)).count();
+    assert!(tried_dead <= 1, "after one failure the killed instance is passed over: {after:?}");
+    for (status, upstreams) in &after {
+        assert_eq!(status, "200", "{after:?}");
+        assert_eq!(upstreams.last(), Some(&b.addr().to_string()), "the survivor answered: {after:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_the_fix() {
+    let out = run(&["nginx", "--registry", "local://", "Greeter"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("not a full gRPC service name"), "{}", text(&out));
+    let out = run(&["nginx", "--registry", "nope://x", "a.v1.A"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("nope"), "{}", text(&out));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&["nginx", "--registry", &format!("local://{}", tmp.path().display()), "a.v1.A"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("lists no instance of a.v1.A"), "{}", text(&out));
+}

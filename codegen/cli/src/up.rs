@@ -78,10 +78,11 @@ pub(crate) fn run(args: &UpArgs) -> Result<ExitCode, Error> {
         for name in bins {
             let path = bin_dir.join(&name);
             if !path.is_file() {
-                return Err(Error::usage(format!(
-                    "{} is not built; run without --no-build, or `cargo build -p {package}`",
+                eprintln!(
+                    "trellis up: {} is not built; skipped (run without --no-build, or `cargo build -p {package}`)",
                     path.display()
-                )));
+                );
+                continue;
             }
             // A Trellis service binary has the command line every App gives.
             let help = std::process::Command::new(&path).arg("--help").output();

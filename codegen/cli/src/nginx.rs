@@ -78,14 +78,14 @@ pub(crate) fn run(args: &NginxArgs) -> Result<ExitCode, Error> {
                 endpoints: r.endpoints().iter().map(ToString::to_string).collect(),
             })
             .collect();
-        if !args.watch {
-            if let Some(empty) = upstreams.iter().find(|u| u.endpoints.is_empty()) {
-                return Err(Error::msg(format!(
-                    "{} lists no instance of {}; start one, check the name (a full name such as greeter.v1.Greeter), \
-                     or use --watch to wait for instances",
-                    args.registry, empty.service
-                )));
-            }
+        if !args.watch
+            && let Some(empty) = upstreams.iter().find(|u| u.endpoints.is_empty())
+        {
+            return Err(Error::msg(format!(
+                "{} lists no instance of {}; start one, check the name (a full name such as greeter.v1.Greeter), \
+                 or use --watch to wait for instances",
+                args.registry, empty.service
+            )));
         }
         emit(args, &upstreams)?;
         if !args.watch {

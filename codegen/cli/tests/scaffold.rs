@@ -20,6 +20,7 @@ use support::{cargo, run, scaffold, target_dir, text};
 async fn a_new_service_builds_tests_runs_and_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = scaffold(tmp.path(), "greeter");
+    let _clean = CleanOnDrop(dir.clone());
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("version = \"=0.1.0\""), "the Trellis version is pinned:\n{manifest}");
     assert!(manifest.contains(&format!("path = \"{}/framework\"", support::workspace().display())));
@@ -113,6 +114,16 @@ async fn a_new_service_builds_tests_runs_and_stops_cleanly() {
         .filter_map(|e| std::fs::read_to_string(e.path().join("out/trellis_protos.rs")).ok())
         .any(|code| code.contains("pub mod billing"));
     assert!(generated, "the added proto was compiled into the crate");
+}
+
+/// Removes the new crate's artifacts from the shared target directory when
+/// the test ends, so runs do not pile them up.
+struct CleanOnDrop(std::path::PathBuf);
+
+impl Drop for CleanOnDrop {
+    fn drop(&mut self) {
+        let _ = cargo(&self.0, &["clean", "--offline", "-p", "greeter"]);
+    }
 }
 
 /// Runs `cargo ARGS` in `dir` and fails on any warning or error of the

@@ -153,3 +153,64 @@ fn bad_input_is_refused_with_the_fix() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("lists no instance of a.v1.A"), "{}", text(&out));
 }
+
+/// Polls `path` until `ok` holds for its contents.
+async fn wait_for_file(path: &Path, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let started = tokio::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if ok(&text) {
+            return text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{what} within 15 s; the file is:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_rewrites_the_file_and_reloads_when_instances_come_and_go() {
+    use trellis::testing::TestServer;
+    use trellis_tests::EchoService;
+    use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("local://{}", tmp.path().join("registry").display());
+    let registry = Registry::from_url(&url).unwrap();
+    let start =
+        || TestServer::builder().registry(registry.clone()).add_service(EchoServer::new(EchoService)).start();
+    let a = start().await.unwrap();
+
+    let conf = tmp.path().join("nginx.conf");
+    let reloads = tmp.path().join("reloads");
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["nginx", "--registry", &url, "trellis.test.echo.v1.Echo", "--watch", "--output"])
+        .arg(&conf)
+        .arg("--reload")
+        .arg(format!("echo reloaded >> {}", reloads.display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_file(&conf, "the first file", |t| t.contains(&format!("server {} ", a.addr()))).await;
+
+    let b = start().await.unwrap();
+    let text = wait_for_file(&conf, "B added", |t| t.contains(&format!("server {} ", b.addr()))).await;
+    assert!(text.contains(&format!("server {} ", a.addr())), "{text}");
+    wait_for_file(&reloads, "a reload after the rewrite", |t| t.lines().count() >= 1).await;
+
+    let gone = a.addr();
+    a.stop().await.unwrap();
+    let text = wait_for_file(&conf, "A removed", |t| !t.contains(&format!("server {gone} "))).await;
+    assert!(text.contains(&format!("server {} ", b.addr())), "{text}");
+    wait_for_file(&reloads, "a second reload", |t| t.lines().count() >= 2).await;
+
+    kill_and_wait(&mut watch).await;
+}
+
+async fn kill_and_wait(child: &mut tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "trellis nginx --watch stops cleanly on SIGTERM: {status}");
+}

@@ -49,6 +49,9 @@ on it works like `trellis upgrade`.")]
 
     /// Adds a proto and its build wiring to a service crate
     #[command(subcommand)]
+    #[command(after_help = "Examples:
+  trellis add proto billing                       a new proto with a sample service
+  trellis add service ../protos/ledger/v1/ledger.proto   an existing proto")]
     Add(AddCommand),
 
     /// Updates the files `trellis new` wrote that you have not changed

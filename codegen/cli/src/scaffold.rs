@@ -166,11 +166,8 @@ pub(crate) fn upgrade(args: &UpgradeArgs) -> Result<ExitCode, Error> {
         })?;
         let proto = file.vars.get("proto").cloned().unwrap_or_default();
         let names = ServiceNames::new(&proto, file.vars.get("package").map(String::as_str))?;
-        plan.push(render_one(
-            template,
-            &proto_vars(&names, &proto, &manifest.service.description),
-            file.vars,
-        )?);
+        let description = file.vars.get("description").unwrap_or(&manifest.service.description).clone();
+        plan.push(render_one(template, &proto_vars(&names, &proto, &description), file.vars)?);
     }
     let outcome = manifest::apply(dir, &mut manifest, plan, args.dry_run)?;
     if !args.dry_run {
@@ -214,7 +211,9 @@ pub(crate) fn add_proto(args: &AddProtoArgs) -> Result<ExitCode, Error> {
     let mut own = BTreeMap::new();
     own.insert("proto".to_owned(), proto.clone());
     own.insert("package".to_owned(), names.package.clone());
-    let vars = proto_vars(&names, &proto, &format!("The {} service", args.name));
+    let description = format!("The {} service", args.name);
+    own.insert("description".to_owned(), description.clone());
+    let vars = proto_vars(&names, &proto, &description);
     let planned = render_one(&template::PROTO[0], &vars, own)?;
     let path = planned.path.clone();
     if dir.join(&path).exists() {

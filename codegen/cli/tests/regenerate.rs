@@ -158,6 +158,15 @@ fn upgrade_updates_untouched_files_and_never_overwrites_edited_ones() {
     assert!(k8s.contains("terminationGracePeriodSeconds: 46"), "1s + 40s + 5s margin:\n{k8s}");
     assert!(k8s.contains("drain_timeout = \"40s\""), "the ConfigMap follows");
 
+    // A proto added with `trellis add proto` is re-rendered as it was made.
+    let out = run(&["add", "proto", "billing", "--path", dir_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&["upgrade", dir_arg]);
+    assert!(!text(&out).contains("billing.proto"), "the added proto is up to date: {}", text(&out));
+    let out = run(&["add", "proto", "billing", "--path", dir_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("billing.proto already exists"), "{}", text(&out));
+
     let out = run(&["upgrade", tmp.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("was not made by trellis new"), "{}", text(&out));

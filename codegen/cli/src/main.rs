@@ -90,7 +90,7 @@ SIGTERM drains and stops every instance.")]
   trellis nginx --registry etcd://10.0.0.5:2379 greeter.v1.Greeter billing.v1.Billing \\
       --listen 0.0.0.0:8080 --output /etc/nginx/conf.d/trellis.conf --watch
   trellis nginx --registry local:// greeter.v1.Greeter --full --output run/nginx.conf
-  nginx -p run -c nginx.conf -g 'daemon off;'
+  nginx -p run -c nginx.conf -e stderr -g 'daemon off;'
 
 One `upstream` per service with every instance (passive health: max_fails,
 fail_timeout), one `grpc_pass` location per service path, on an HTTP/2

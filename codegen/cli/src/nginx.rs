@@ -218,7 +218,7 @@ fn full_config(http: &str) -> String {
     let indented: String =
         http.lines().map(|l| if l.is_empty() { "\n".to_owned() } else { format!("    {l}\n") }).collect();
     format!(
-        "# A whole nginx.conf: run `nginx -p DIR -c nginx.conf -g 'daemon off;'`; paths are relative to DIR.\n\
+        "# A whole nginx.conf: run `nginx -p DIR -c nginx.conf -e stderr -g 'daemon off;'`; paths are relative to DIR.\n\
          worker_processes 1;\n\
          pid nginx.pid;\n\
          error_log error.log warn;\n\

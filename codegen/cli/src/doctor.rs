@@ -96,18 +96,14 @@ pub(crate) fn run(args: &DoctorArgs) -> Result<ExitCode, Error> {
             "pass the service's config file with --config",
         )),
         Some(text) => {
-            match crate::config_check::check_file(&config_path, &[section.as_str()]) {
+            match trellis::config::check_file(&config_path, &[section.as_str()]) {
                 Ok(()) => findings
                     .push(Finding::ok("config keys", format!("all known in {}", config_path.display()))),
-                Err(problems) => {
-                    for problem in problems.lines() {
-                        findings.push(Finding::problem(
-                            "config keys",
-                            format!("{}: {problem}", config_path.display()),
-                            "correct the key, or move the service's own settings under its section",
-                        ));
-                    }
-                }
+                Err(problem) => findings.push(Finding::problem(
+                    "config keys",
+                    format!("{}: {problem}", config_path.display()),
+                    "correct the key, or move the service's own settings under its section",
+                )),
             }
             match DeployValues::from_config(&config_path, text) {
                 Ok(v) => values = Some(v),

@@ -2,7 +2,6 @@
 //!
 //! See `docs/cli.md` for every command, or `trellis help COMMAND`.
 
-mod config_check;
 mod deploy;
 mod doctor;
 mod error;

@@ -217,7 +217,8 @@ fn doctor_passes_a_new_crate_and_names_each_problem_of_a_broken_one() {
         "greeter.proto:",
         "HelloStream",
         // The misspelt key, with the right one.
-        "unknown key `shutdown.drain_timout`: did you mean `shutdown.drain_timeout`?",
+        "`shutdown.drain_timout` (from file",
+        "unknown field `drain_timout`; did you mean `drain_timeout`?",
         // The busy port.
         &format!("cannot listen on {busy_addr}"),
         "fix: stop what listens there",

@@ -45,6 +45,7 @@ where
 {
     trellis::App::new("order-payment", env!("CARGO_PKG_VERSION"))
         .about("Takes payments for orders, once per idempotency key")
+        .sections(&["payment"])
         .run_with_args(args, |ctx| async move {
             let settings: Settings = ctx.section("payment")?;
             let store = store::PaymentStore::open(&settings.database)?;

@@ -45,6 +45,7 @@ where
 {
     trellis::App::new("order-shipping", env!("CARGO_PKG_VERSION"))
         .about("Ships orders, once per idempotency key")
+        .sections(&["shipping"])
         .run_with_args(args, |ctx| async move {
             let settings: Settings = ctx.section("shipping")?;
             let store = store::ShipmentStore::open(&settings.database)?;

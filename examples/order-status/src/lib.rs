@@ -43,6 +43,7 @@ where
 {
     trellis::App::new("order-status", env!("CARGO_PKG_VERSION"))
         .about("The combined state of an order, from payment and shipping")
+        .sections(&["status"])
         .run_with_args(args, |ctx| async move {
             let settings: Settings = ctx.section("status")?;
             let service = StatusService::discover(&ctx, settings.watch_interval)?;

@@ -251,34 +251,36 @@ pub(crate) async fn run(quick: bool) -> serde_json::Value {
 
 /// Starts the servers in processes of their own: the user-built Trellis
 /// service (with default logging, and with logging off), grpc-go, gRPC C++.
-/// A server whose tools are missing is skipped with the reason.
-async fn processes(dir: &Path, skipped: &mut Vec<(&'static str, String)>) -> Result<Vec<Server>, String> {
+/// A server whose tools are missing, or that does not start, is skipped
+/// with the reason.
+async fn processes(dir: &Path, skipped: &mut Vec<(&'static str, String)>) -> Vec<Server> {
     let mut servers = Vec::new();
     let mut start = async |name: &'static str, program: Result<PathBuf, String>, extra: &[&str]| {
         let program = match program {
             Ok(program) => program,
             Err(why) => {
                 skipped.push((name, why));
-                return Ok(());
+                return;
             }
         };
         let addr = free_addr();
         let mut args = vec!["--listen".to_owned(), addr.to_string()];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let log = dir.join(format!("{}.log", name.replace([' ', ',', '='], "-")));
-        let process = Process::start(name, &program, &args, addr, log).await?;
-        servers.push(Server { name, addr, process: Some(process) });
-        Ok::<(), String>(())
+        match Process::start(name, &program, &args, addr, log).await {
+            Ok(process) => servers.push(Server { name, addr, process: Some(process) }),
+            Err(why) => skipped.push((name, why)),
+        }
     };
     // Each Trellis process registers in a `local://` directory of its own.
     let registry = |name: &str| format!("local://{}", dir.join(name).display());
     let echo = peers::bench_echo();
-    start(TRELLIS_APP, echo.clone(), &["--registry", &registry("registry-default")]).await?;
+    start(TRELLIS_APP, echo.clone(), &["--registry", &registry("registry-default")]).await;
     start(TRELLIS_APP_QUIET, echo, &["--registry", &registry("registry-off"), "--set", "log.level=off"])
-        .await?;
-    start(GRPC_GO, peers::build_go().await, &[]).await?;
-    start(GRPC_CPP, peers::build_cpp().await, &[]).await?;
-    Ok(servers)
+        .await;
+    start(GRPC_GO, peers::build_go().await, &[]).await;
+    start(GRPC_CPP, peers::build_cpp().await, &[]).await;
+    servers
 }
 
 /// The user-built Trellis service, default configuration and logging.
@@ -311,7 +313,7 @@ async fn measure(quick: bool) -> Result<serde_json::Value, String> {
         Server { name: "bare tonic", addr: tonic_server(Duration::ZERO).await, process: None },
         Server { name: "trellis", addr: trellis_server(Duration::ZERO).await, process: None },
     ];
-    servers.extend(processes(dir.path(), &mut skipped).await?);
+    servers.extend(processes(dir.path(), &mut skipped).await);
     for (name, why) in &skipped {
         println!("\nh2load: {name} skipped: {why}");
     }

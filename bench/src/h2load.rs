@@ -1,7 +1,11 @@
-//! Scenario 5: both servers driven by a load generator that is not ours.
+//! Scenario 5: servers driven by a load generator that is not ours.
 //!
 //! `h2load` (nghttp2) posts a gRPC-framed `Payload` to `bench.v1.Bench/Echo`
-//! on a bare tonic server and on a Trellis server. h2load counts any HTTP
+//! on a bare tonic server and a Trellis server in this process, and on the
+//! same service in processes of their own: built as a user builds it
+//! (`trellis::App`, default logging, and again with logging off), on grpc-go
+//! and on gRPC C++ (see [`crate::peers`]). All run interleaved, with the same
+//! h2load command. h2load counts any HTTP
 //! 200 as a success, and a gRPC error (a call shed with
 //! `RESOURCE_EXHAUSTED`, say) is an HTTP 200 without a body, so the bytes
 //! received are checked too: every success must carry the echoed frame.
@@ -12,8 +16,9 @@ use std::time::Duration;
 use serde_json::json;
 use trellis::codegen::prost::Message;
 
+use crate::peers::{self, Process};
 use crate::proto::bench::v1::Payload;
-use crate::{median, tonic_server, trellis_server};
+use crate::{free_addr, median, tonic_server, trellis_server};
 
 /// The load generator, from Debian's `nghttp2-client`.
 const H2LOAD: &str = "h2load";
@@ -225,7 +230,15 @@ fn summarize(runs: &[H2Run], frame: u64) -> Summary {
     }
 }
 
-/// Scenario 5: a bare tonic server and a Trellis server under h2load.
+/// One server under test: where it listens, and its process if it has one.
+#[derive(Debug)]
+struct Server {
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    process: Option<Process>,
+}
+
+/// Scenario 5: the servers under h2load.
 pub(crate) async fn run(quick: bool) -> serde_json::Value {
     match measure(quick).await {
         Ok(value) => value,
@@ -235,6 +248,47 @@ pub(crate) async fn run(quick: bool) -> serde_json::Value {
         }
     }
 }
+
+/// Starts the servers in processes of their own: the user-built Trellis
+/// service (with default logging, and with logging off), grpc-go, gRPC C++.
+/// A server whose tools are missing, or that does not start, is skipped
+/// with the reason.
+async fn processes(dir: &Path, skipped: &mut Vec<(&'static str, String)>) -> Vec<Server> {
+    let mut servers = Vec::new();
+    let mut start = async |name: &'static str, program: Result<PathBuf, String>, extra: &[&str]| {
+        let program = match program {
+            Ok(program) => program,
+            Err(why) => {
+                skipped.push((name, why));
+                return;
+            }
+        };
+        let addr = free_addr();
+        let mut args = vec!["--listen".to_owned(), addr.to_string()];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let log = dir.join(format!("{}.log", name.replace([' ', ',', '='], "-")));
+        match Process::start(name, &program, &args, addr, log).await {
+            Ok(process) => servers.push(Server { name, addr, process: Some(process) }),
+            Err(why) => skipped.push((name, why)),
+        }
+    };
+    // Each Trellis process registers in a `local://` directory of its own.
+    let registry = |name: &str| format!("local://{}", dir.join(name).display());
+    let echo = peers::bench_echo();
+    start(TRELLIS_APP, echo.clone(), &["--registry", &registry("registry-default")]).await;
+    start(TRELLIS_APP_QUIET, echo, &["--registry", &registry("registry-off"), "--set", "log.level=off"])
+        .await;
+    start(GRPC_GO, peers::build_go().await, &[]).await;
+    start(GRPC_CPP, peers::build_cpp().await, &[]).await;
+    servers
+}
+
+/// The user-built Trellis service, default configuration and logging.
+const TRELLIS_APP: &str = "trellis app";
+/// The same with `--set log.level=off`.
+const TRELLIS_APP_QUIET: &str = "trellis app, log off";
+const GRPC_GO: &str = "grpc-go";
+const GRPC_CPP: &str = "grpc C++";
 
 async fn measure(quick: bool) -> Result<serde_json::Value, String> {
     let installed = tokio::process::Command::new(H2LOAD).arg("--version").output().await;
@@ -254,32 +308,47 @@ async fn measure(quick: bool) -> Result<serde_json::Value, String> {
     let log = dir.path().join("requests.log");
     let frame_len = frame.len() as u64;
 
-    let servers = [
-        ("bare tonic", tonic_server(Duration::ZERO).await),
-        ("trellis", trellis_server(Duration::ZERO).await),
+    let mut skipped = Vec::new();
+    let mut servers = vec![
+        Server { name: "bare tonic", addr: tonic_server(Duration::ZERO).await, process: None },
+        Server { name: "trellis", addr: trellis_server(Duration::ZERO).await, process: None },
     ];
-    for (_, addr) in &servers {
-        h2load(*addr, requests / 4, &body, &log).await?;
+    servers.extend(processes(dir.path(), &mut skipped).await);
+    for (name, why) in &skipped {
+        println!("\nh2load: {name} skipped: {why}");
+    }
+    for server in &servers {
+        h2load(server.addr, requests / 4, &body, &log).await.map_err(|e| format!("{}: {e}", server.name))?;
     }
     let mut runs: Vec<Vec<H2Run>> = vec![Vec::new(); servers.len()];
     for _ in 0..reps {
-        for (i, (_, addr)) in servers.iter().enumerate() {
-            runs[i].push(h2load(*addr, requests, &body, &log).await?);
+        for (i, server) in servers.iter_mut().enumerate() {
+            let run = h2load(server.addr, requests, &body, &log).await;
+            if let Some(process) = &mut server.process
+                && !process.running()
+            {
+                return Err(format!("{} exited during the run: {}", server.name, process.stderr()));
+            }
+            runs[i].push(run.map_err(|e| format!("{}: {e}", server.name))?);
         }
     }
     let summaries: Vec<Summary> = runs.iter().map(|r| summarize(r, frame_len)).collect();
 
     println!(
         "\nh2load: {version}, unary Echo of a {frame_len}-byte gRPC frame, {CLIENTS} connections x {STREAMS} \
-         streams, {THREADS} thread, {requests} requests x {reps} (ratios vs bare tonic)"
+         streams, {THREADS} thread, {requests} requests x {reps}, interleaved (ratios vs bare tonic and vs grpc-go)"
     );
     println!(
-        "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}  response bytes",
-        "server", "req/s", "mean ms", "p50 ms", "p99 ms", "not ok", "req/s x", "p99 x"
+        "  {:<20} {:>9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8}  response bytes",
+        "server", "req/s", "mean ms", "p50 ms", "p99 ms", "not ok", "x tonic", "x go", "p99 x t", "p99 x go"
     );
     let base = summaries[0];
+    let go = servers.iter().position(|s| s.name == GRPC_GO).map(|i| summaries[i]);
+    let ratio = |value: f64, of: Option<f64>| of.map(|of| value / of);
+    let cell = |ratio: Option<f64>| ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.3}"));
     let mut json = Vec::new();
-    for ((name, _), s) in servers.iter().zip(&summaries) {
+    for (server, s) in servers.iter().zip(&summaries) {
+        let name = server.name;
         let check = if s.runs_failing_check == 0 {
             format!("ok ({} = {} x {frame_len})", s.data_bytes, s.requests)
         } else {
@@ -288,8 +357,10 @@ async fn measure(quick: bool) -> Result<serde_json::Value, String> {
                 s.runs_failing_check, s.data_bytes, s.expected_bytes, s.requests
             )
         };
+        let vs_go = ratio(s.req_per_sec, go.map(|g| g.req_per_sec));
+        let p99_vs_go = ratio(s.p99_ms, go.map(|g| g.p99_ms));
         println!(
-            "  {:<12} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9.3} {:>9.3}  {check}",
+            "  {:<20} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>8.3} {:>8} {:>8.3} {:>8}  {check}",
             name,
             s.req_per_sec,
             s.mean_ms,
@@ -297,13 +368,16 @@ async fn measure(quick: bool) -> Result<serde_json::Value, String> {
             s.p99_ms,
             s.not_succeeded,
             s.req_per_sec / base.req_per_sec,
-            s.p99_ms / base.p99_ms
+            cell(vs_go),
+            s.p99_ms / base.p99_ms,
+            cell(p99_vs_go),
         );
         if s.runs_failing_check > 0 {
             eprintln!("trellis-bench: h2load against {name}: responses without the echoed frame: {check}");
         }
         json.push(json!({
             "server": name,
+            "process": server.process.is_some(),
             "req_per_sec": s.req_per_sec,
             "mean_ms": s.mean_ms,
             "p50_ms": s.p50_ms,
@@ -317,8 +391,11 @@ async fn measure(quick: bool) -> Result<serde_json::Value, String> {
             "throughput_ratio": s.req_per_sec / base.req_per_sec,
             "mean_ratio": s.mean_ms / base.mean_ms,
             "p99_ratio": s.p99_ms / base.p99_ms,
+            "throughput_ratio_grpc_go": vs_go,
+            "p99_ratio_grpc_go": p99_vs_go,
         }));
     }
+    let skipped: Vec<_> = skipped.iter().map(|(name, why)| json!({ "server": name, "why": why })).collect();
     Ok(json!({
         "h2load": version,
         "clients": CLIENTS,
@@ -328,5 +405,6 @@ async fn measure(quick: bool) -> Result<serde_json::Value, String> {
         "repetitions": reps,
         "frame_bytes": frame_len,
         "servers": json,
+        "skipped": skipped,
     }))
 }

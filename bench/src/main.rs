@@ -4,7 +4,10 @@
 //! repetitions each, and reports medians and ratios: on a shared, noisy
 //! machine absolute numbers drift, ratios hold. Servers and clients run on
 //! loopback in this process; etcd and h2load, where a scenario uses them,
-//! run as child processes that end with it.
+//! run as child processes that end with it, and so do the servers the
+//! `h2load` scenario compares in processes of their own (this package's
+//! `bench-echo`, and the grpc-go and gRPC C++ peers it builds from
+//! `bench/peers/`).
 //!
 //! ```text
 //! cargo run --release -p trellis-bench -- all [--quick] [--json FILE] [--plots DIR]
@@ -35,6 +38,7 @@ mod discovery;
 mod failing;
 mod h2load;
 mod overhead;
+mod peers;
 mod plot;
 mod slow;
 
@@ -80,7 +84,8 @@ enum Scenario {
     /// Registration to first call and deregistration to last, for `local://`
     /// and `etcd://`; throughput under endpoint churn against a static set.
     Discovery,
-    /// A bare tonic server and a Trellis server under `h2load`.
+    /// Bare tonic, Trellis (in process and built as a user's service), grpc-go
+    /// and gRPC C++ under `h2load`.
     H2load,
     /// Build times: the codegen step, and a service crate built from scratch.
     Build,

@@ -1,7 +1,9 @@
 //! Logging set-up: `tracing` events and spans to stderr, as text or JSON.
 
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::error::Error;
 
@@ -14,17 +16,21 @@ use crate::error::Error;
 ///
 /// When `log.level` is not a valid filter.
 pub fn init(config: &LogConfig) -> Result<(), Error> {
-    let filter = EnvFilter::try_new(&config.level).map_err(|e| {
+    // Targets decides from a callsite's level and target alone, so a
+    // disabled callsite is never asked again: no per-call filtering.
+    let filter: Targets = config.level.parse().map_err(|e| {
         Error::Config(format!(
             "`log.level`: `{}` is not a log filter ({e}); expected a level such as `info` \
-             or directives such as `info,trellis=debug`",
+             or directives such as `info,trellis=debug,h2=warn`",
             config.level
         ))
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.finish().with(filter).try_init(),
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).finish().with(filter).try_init()
+        }
     };
     Ok(())
 }

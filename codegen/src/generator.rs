@@ -8,6 +8,7 @@ use proc_macro2::TokenStream;
 use prost_build::{Method, Service};
 use quote::{format_ident, quote};
 
+use crate::names;
 use crate::policy::{self, Policy};
 
 /// Where generated code finds everything it uses, so a service crate needs no
@@ -28,9 +29,29 @@ pub(crate) struct TrellisGenerator {
 }
 
 impl prost_build::ServiceGenerator for TrellisGenerator {
-    fn generate(&mut self, service: Service, buf: &mut String) {
+    fn generate(&mut self, mut service: Service, buf: &mut String) {
+        let original: Vec<String> = service.methods.iter().map(|m| m.name.clone()).collect();
+        names::resolve(&mut service);
+        for (method, original) in service.methods.iter_mut().zip(&original) {
+            if method.name != *original {
+                let why = if names::RESERVED.contains(&original.trim_start_matches("r#")) {
+                    "is taken by the generated client or server"
+                } else {
+                    "is the name of an earlier method of this service"
+                };
+                if !method.comments.leading.is_empty() {
+                    method.comments.leading.push(String::new());
+                }
+                method.comments.leading.push(format!(
+                    " Named `{}` in Rust: `{original}` {why} (see the trellis-build docs, \"Method names\").",
+                    method.name
+                ));
+            }
+        }
         let mut tonic_code = String::new();
         self.tonic.generate(service.clone(), &mut tonic_code);
+        let tonic_code = names::unshadow_server_trait(&service, &tonic_code);
+        let tonic_code = names::allow_proto_cased_types(&tonic_code);
         buf.push_str(&route_tonic_paths(&tonic_code));
 
         let tokens = trellis_tokens(&service, self.build_client, self.build_server, &self.policies);

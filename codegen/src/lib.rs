@@ -78,11 +78,52 @@
 //! error: proto/accounts/v1/accounts.proto:15:5: method accounts.v1.Accounts.Rename: hedging sends a call twice; mark the method `option idempotency_level = IDEMPOTENT;` (or NO_SIDE_EFFECTS), or remove the hedge
 //! ```
 //!
+//! # Method names
+//!
+//! Every valid proto compiles. A method is named in Rust as prost names it:
+//! its proto name in `snake_case`, a Rust keyword made raw (`rpc Type` is
+//! `r#type`) or, where Rust allows no raw form, given a trailing `_` (`rpc
+//! Self` is `self_`). That name is a method of the generated client
+//! `FooClient` and of the server trait `Foo`. When it is one of the names
+//! below, or the name an earlier method of the same service already has
+//! (`GetItem` and `getItem` are both `get_item`), it gets `_rpc` appended, as
+//! many times as it takes to be unique:
+//!
+//! | name | defined by |
+//! |---|---|
+//! | `new`, `with_origin`, `with_interceptor`, `send_compressed`, `accept_compressed`, `max_decoding_message_size`, `max_encoding_message_size` | tonic's client (and its `FooServer`) |
+//! | `connect` | tonic's client over tonic's own transport |
+//! | `discover` | Trellis's client |
+//! | `from_arc` | tonic's `FooServer` |
+//! | `poll_ready`, `call` | `tower::Service`, which `FooServer` implements |
+//! | `clone`, `clone_from`, `fmt` | `Clone` and `Debug`, which the client and `FooServer` implement and a handler usually derives |
+//! | `get_ref`, `get_mut`, `into_inner` | kept free for wrapper accessors, so adding them never renames a method |
+//!
+//! ```proto
+//! service Accounts {
+//!   rpc New(Req) returns (Account);       // new_rpc: `new` is the client's constructor
+//!   rpc Call(Req) returns (Account);      // call_rpc
+//!   rpc Type(Req) returns (Account);      // r#type
+//!   rpc GetItem(Req) returns (Item);      // get_item
+//!   rpc getItem(Req) returns (Item);      // get_item_rpc: the name of an earlier method
+//! }
+//! ```
+//!
+//! Names that stay as they are are given out first: had the service also an
+//! `rpc NewRpc`, that one would be `new_rpc` and `New` would be
+//! `new_rpc_rpc`. The proto
+//! name is untouched: the method's path on the wire, its
+//! [`MethodDescriptor`] name, and a server-streaming method's response type
+//! (`type NewStream`) keep it. The generated docs of a renamed method say why
+//! it was renamed.
+//!
 //! [`ServiceDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.ServiceDescriptor.html
 //! [`MethodPolicy`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodPolicy.html
+//! [`MethodDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodDescriptor.html
 
 mod error;
 mod generator;
+mod names;
 mod policy;
 
 use std::path::{Path, PathBuf};

@@ -8,8 +8,8 @@ use proc_macro2::TokenStream;
 use prost_build::{Method, Service};
 use quote::{format_ident, quote};
 
-use crate::names;
 use crate::policy::{self, Policy};
+use crate::{http, names};
 
 /// Where generated code finds everything it uses, so a service crate needs no
 /// direct dependency on tonic or prost.
@@ -26,6 +26,8 @@ pub(crate) struct TrellisGenerator {
     pub(crate) descriptor_set: String,
     /// The checked `(trellis.method)` options, by method full name.
     pub(crate) policies: HashMap<String, Policy>,
+    /// The checked `google.api.http` rules, by method full name.
+    pub(crate) http_rules: HashMap<String, http::Rule>,
 }
 
 impl prost_build::ServiceGenerator for TrellisGenerator {
@@ -54,7 +56,8 @@ impl prost_build::ServiceGenerator for TrellisGenerator {
         let tonic_code = names::allow_proto_cased_types(&tonic_code);
         buf.push_str(&route_tonic_paths(&tonic_code));
 
-        let tokens = trellis_tokens(&service, self.build_client, self.build_server, &self.policies);
+        let tokens =
+            trellis_tokens(&service, self.build_client, self.build_server, &self.policies, &self.http_rules);
         buf.push_str(&render(tokens));
     }
 
@@ -102,6 +105,7 @@ fn trellis_tokens(
     build_client: bool,
     build_server: bool,
     policies: &HashMap<String, Policy>,
+    http_rules: &HashMap<String, http::Rule>,
 ) -> TokenStream {
     let codegen: syn::Path = syn::parse_str(CODEGEN).expect("CODEGEN is a valid path");
     let full_name = if service.package.is_empty() {
@@ -118,10 +122,30 @@ fn trellis_tokens(
     let client_type = format_ident!("{}Client", service.name);
     let server_type = format_ident!("{}Server", service.name);
     let server_trait = format_ident!("{}", service.name);
-    let methods = service.methods.iter().map(|method| {
-        let policy = policies.get(&format!("{full_name}.{}", method.proto_name));
-        method_tokens(&codegen, &full_name, method, policy)
-    });
+    // Each method's HTTP rule is a constant of its own, which the method's
+    // descriptor refers to.
+    let mut rule_consts = TokenStream::new();
+    let methods: Vec<TokenStream> = service
+        .methods
+        .iter()
+        .map(|method| {
+            let method_full_name = format!("{full_name}.{}", method.proto_name);
+            let policy = policies.get(&method_full_name);
+            let rule_const = http_rules.get(&method_full_name).map(|rule| {
+                let rust_name = method.name.trim_start_matches("r#").to_shouty_snake_case();
+                let ident = format_ident!("{shouty}_{rust_name}_HTTP_RULE");
+                let rule = http::tokens(&codegen, rule);
+                let doc =
+                    format!(" The REST route of `{method_full_name}`, from its `google.api.http` option.");
+                rule_consts.extend(quote! {
+                    #[doc = #doc]
+                    pub const #ident: #codegen::HttpRule = #rule;
+                });
+                ident
+            });
+            method_tokens(&codegen, &full_name, method, policy, rule_const)
+        })
+        .collect();
 
     let name_doc = format!(" The full protobuf name of `{full_name}`.");
     let descriptor_doc =
@@ -136,6 +160,8 @@ fn trellis_tokens(
             &[#(#methods),*],
             FILE_DESCRIPTOR_SET,
         );
+
+        #rule_consts
     };
 
     if build_client {
@@ -181,6 +207,7 @@ fn method_tokens(
     full_name: &str,
     method: &Method,
     policy: Option<&Policy>,
+    http_rule: Option<syn::Ident>,
 ) -> TokenStream {
     let name = &method.proto_name;
     let path = format!("/{full_name}/{name}");
@@ -196,6 +223,7 @@ fn method_tokens(
         (true, true) => quote!(BidiStreaming),
     };
     let policy = policy.map(|policy| policy::tokens(codegen, policy));
+    let http_rule = http_rule.map(|rule| quote!(.with_http_rule(&#rule)));
     quote! {
         #codegen::MethodDescriptor::new(
             #name,
@@ -204,6 +232,7 @@ fn method_tokens(
             #codegen::StreamingKind::#kind,
         )
         #policy
+        #http_rule
     }
 }
 

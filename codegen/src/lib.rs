@@ -123,6 +123,8 @@
 
 mod error;
 mod generator;
+mod http;
+mod include;
 mod names;
 mod policy;
 
@@ -205,9 +207,9 @@ impl Builder {
         };
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
 
-        // `trellis/options.proto` comes after the user's folders, which may hold
-        // a copy of their own.
-        let options_include = policy::write_include(&out_dir)?;
+        // The shipped protos (`trellis/options.proto`, `google/api/*.proto`)
+        // come after the user's folders, which may hold copies of their own.
+        let options_include = include::write(&out_dir)?;
         let search_path: Vec<&Path> =
             includes.iter().map(PathBuf::as_path).chain([options_include.as_path()]).collect();
         let mut compiler = protox::Compiler::new(search_path).map_err(|e| Error::proto(e, &includes))?;
@@ -227,7 +229,9 @@ impl Builder {
             }
         }
 
-        let policies = policy::read(&compiler.descriptor_pool(), &includes)?;
+        let pool = compiler.descriptor_pool();
+        let policies = policy::read(&pool, &includes)?;
+        let http_rules = http::read(&pool, &includes)?;
 
         let descriptor_path = out_dir.join(DESCRIPTOR_SET_FILE);
         std::fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
@@ -261,11 +265,12 @@ impl Builder {
                 build_server: self.build_server,
                 descriptor_set,
                 policies,
+                http_rules,
             }));
         // The options are read above; the messages of `trellis/options.proto`
-        // need no Rust code in the user's crate.
+        // and `google/api/*.proto` need no Rust code in the user's crate.
         let mut files = compiler.file_descriptor_set();
-        files.file.retain(|file| file.name() != policy::OPTIONS_PROTO);
+        include::drop_option_files(&mut files.file);
         config.compile_fds(files).map_err(|e| Error::io(&out_dir, e))
     }
 }

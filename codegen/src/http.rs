@@ -473,14 +473,14 @@ pub(crate) fn parse_template(text: &str) -> Result<Template, String> {
 
     // `**` matches the rest of the path: nothing may follow it.
     let flat = flatten(&out);
-    if let Some(at) = flat.iter().position(|s| **s == Segment::DoubleWildcard) {
-        if at + 1 != flat.len() {
-            return bad(
-                "has `**` before its last segment; `**` matches the rest of the path, so it must come last \
-                 (before any `:verb`)"
-                    .into(),
-            );
-        }
+    if let Some(at) = flat.iter().position(|s| **s == Segment::DoubleWildcard)
+        && at + 1 != flat.len()
+    {
+        return bad(
+            "has `**` before its last segment; `**` matches the rest of the path, so it must come last \
+             (before any `:verb`)"
+                .into(),
+        );
     }
     Ok(Template { text: text.to_owned(), segments: out, verb: verb.map(str::to_owned) })
 }

@@ -24,7 +24,8 @@
 //! - `FooClient`, the typed client over Trellis's channel, with
 //!   `FooClient::discover(&registry)` to connect by service name;
 //! - an impl that lets `trellis::Server` add `FooServer::new(handler)` in one
-//!   line, with health and reflection set up for it.
+//!   line, with health and reflection set up for it;
+//! - `FOO_METHOD_HTTP_RULE`, for each method with a `google.api.http` route.
 //!
 //! Generated code refers to tonic and prost only through `trellis::codegen`,
 //! so a service crate depends on `trellis` alone.
@@ -78,6 +79,55 @@
 //! error: proto/accounts/v1/accounts.proto:15:5: method accounts.v1.Accounts.Rename: hedging sends a call twice; mark the method `option idempotency_level = IDEMPOTENT;` (or NO_SIDE_EFFECTS), or remove the hedge
 //! ```
 //!
+//! # REST routes per method
+//!
+//! A method can also say how it is reached over HTTP/JSON, with the
+//! `google.api.http` option of `google/api/annotations.proto` (the
+//! [`HttpRule`] of Google's API guidelines, as grpc-gateway and Envoy read
+//! it). `trellis-build` ships that file and `google/api/http.proto` the same
+//! way as `trellis/options.proto`: no setup, and no Rust code for them in
+//! your crate.
+//!
+//! ```proto
+//! import "google/api/annotations.proto";
+//!
+//! service Accounts {
+//!   rpc GetAccount(GetAccountRequest) returns (Account) {
+//!     option (google.api.http) = {
+//!       get: "/v1/{name=tenants/*}/accounts/{account_id}"
+//!       additional_bindings { get: "/v1/accounts/{account_id}" }
+//!     };
+//!   }
+//!   rpc CreateAccount(CreateAccountRequest) returns (Account) {
+//!     option (google.api.http) = { post: "/v1/accounts" body: "account" };
+//!   }
+//! }
+//! ```
+//!
+//! Every rule is checked at build time, and a bad one fails the build with
+//! `file:line:column: method ...: problem; fix`:
+//!
+//! - the path is `/` then segments: literals, `*` (one segment), `**` (the
+//!   rest of the path, so only last), `{field}` or `{field=pattern}` with a
+//!   pattern of literals, `*` and `**`, then an optional `:verb`;
+//! - a path variable names a singular scalar or enum field of the request,
+//!   through singular message fields (`{address.city}`), and binds it once;
+//! - `body` is `*` or a top-level request field not bound by the path, and
+//!   a GET or DELETE has none; `response_body` is a top-level response field;
+//! - `additional_bindings` are one level deep, and a rule sets one HTTP method
+//!   and no `selector`;
+//! - no two routes of the compiled services match the same requests (the same
+//!   HTTP method, and paths equal but for the names of their variables).
+//!
+//! ```text
+//! error: proto/accounts/v1/accounts.proto:9:5: method accounts.v1.Accounts.CreateAccount: route `POST /v1/accounts` matches the same requests as `POST /v1/accounts` of method accounts.v1.Accounts.Import; change the path or the HTTP method of one of them
+//! ```
+//!
+//! The checked rule, its path parsed into segments, is in the method's
+//! [`MethodDescriptor`] (`http_rule()`) and in a constant per method,
+//! `FOO_METHOD_HTTP_RULE` (`ACCOUNTS_GET_ACCOUNT_HTTP_RULE`, named after the
+//! method's Rust name).
+//!
 //! # Method names
 //!
 //! Every valid proto compiles. A method is named in Rust as prost names it:
@@ -120,6 +170,7 @@
 //! [`ServiceDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.ServiceDescriptor.html
 //! [`MethodPolicy`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodPolicy.html
 //! [`MethodDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodDescriptor.html
+//! [`HttpRule`]: https://docs.rs/trellis/latest/trellis/codegen/struct.HttpRule.html
 
 mod error;
 mod generator;

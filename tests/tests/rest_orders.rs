@@ -44,7 +44,11 @@ async fn curl_places_an_order_through_the_three_services() {
 
     let (code, stored) = curl(payment.addr(), "/v1/payments/o-1", &[]).await;
     assert_eq!(code, 200, "{stored}");
-    assert_eq!((stored["orderId"].as_str(), stored["amountMinor"].as_str()), (Some("o-1"), Some("1250")), "{stored}");
+    assert_eq!(
+        (stored["orderId"].as_str(), stored["amountMinor"].as_str()),
+        (Some("o-1"), Some("1250")),
+        "{stored}"
+    );
 
     let ship = r#"{"order_id": "o-1", "idempotency_key": "o-1-ship",
         "address": {"name": "Ada", "line1": "1 Analytical St", "city": "London", "country": "GB"}}"#;

@@ -42,6 +42,19 @@ async fn curl_places_an_order_through_the_three_services() {
     let (code, again) = curl(payment.addr(), "/v1/payments", &["-X", "POST", "-d", pay]).await;
     assert_eq!((code, again["paymentId"].as_str()), (200, Some(payment_id.as_str())), "{again}");
 
+    // The key in an `Idempotency-Key` header instead of the body.
+    let pay2 = r#"{"orderId": "o-2", "amountMinor": 300, "currency": "EUR"}"#;
+    let header = ["-X", "POST", "-H", "Idempotency-Key: o-2-pay", "-d", pay2];
+    let (code, second) = curl(payment.addr(), "/v1/payments", &header).await;
+    assert_eq!(code, 200, "{second}");
+    let (_, second_again) = curl(payment.addr(), "/v1/payments", &header).await;
+    assert_eq!(second["paymentId"], second_again["paymentId"], "{second} {second_again}");
+    assert_ne!(second["paymentId"], first["paymentId"]);
+    let conflicting = ["-X", "POST", "-H", "Idempotency-Key: other", "-d", pay];
+    let (code, error) = curl(payment.addr(), "/v1/payments", &conflicting).await;
+    assert_eq!(code, 400, "{error}");
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("differ")), "{error}");
+
     let (code, stored) = curl(payment.addr(), "/v1/payments/o-1", &[]).await;
     assert_eq!(code, 200, "{stored}");
     assert_eq!(

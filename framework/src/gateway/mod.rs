@@ -30,6 +30,10 @@
 //!   otherwise the method's `(trellis.method)` timeout, else for a unary
 //!   method the client stack's default of 10 s. When it passes, the call is
 //!   cancelled and the answer is a 504 (`DEADLINE_EXCEEDED`).
+//! - **Idempotency**: an `Idempotency-Key` header fills the request's
+//!   `idempotency_key` string field when it has one (the body may carry the
+//!   key instead, but not a different one), so a retried POST is recognised
+//!   as the same call.
 //! - **Headers** other than the HTTP ones (`content-type`, `content-length`,
 //!   `host`, `connection`, `accept`, `te`, ...) reach the handler as
 //!   metadata, such as `idempotency-key` or `authorization`.
@@ -77,7 +81,7 @@ mod service {
     use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
     use http_body::Frame;
     use http_body_util::{BodyExt, Full, Limited, StreamBody};
-    use prost_reflect::DescriptorPool;
+    use prost_reflect::{DescriptorPool, ReflectMessage};
     use tonic::Code;
     use tonic::body::Body;
     use tower_layer::Layer;
@@ -92,6 +96,9 @@ mod service {
 
     /// The largest request body the gateway reads.
     const MAX_BODY: usize = 4 * 1024 * 1024;
+
+    /// The header whose value fills a request's `idempotency_key` field.
+    const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
     /// The header that sets a call's deadline as a duration (`2s`, `250ms`).
     const TIMEOUT_HEADER: &str = "x-trellis-timeout";
@@ -272,10 +279,13 @@ mod service {
                 );
             }
         };
-        let message = match request_message(&matched, parts.uri.query(), &body) {
+        let mut message = match request_message(&matched, parts.uri.query(), &body) {
             Ok(message) => message,
             Err(problem) => return error_response(Code::InvalidArgument, &problem, None),
         };
+        if let Err(problem) = idempotency_key(&mut message, &parts.headers) {
+            return error_response(Code::InvalidArgument, &problem, None);
+        }
         let (grpc_request, timeout) =
             match grpc_request(&matched, &parts.headers, parts.extensions, grpc_frame(&message)) {
                 Ok(request) => request,
@@ -323,6 +333,30 @@ mod service {
             &format!("no answer within the call's deadline ({timeout})"),
             None,
         )
+    }
+
+    /// Puts an `Idempotency-Key` header in the request's `idempotency_key`
+    /// string field, when it has one; the body may carry it instead, but not
+    /// a different one.
+    fn idempotency_key(
+        message: &mut prost_reflect::DynamicMessage,
+        headers: &HeaderMap,
+    ) -> Result<(), String> {
+        let Some(header) = headers.get(IDEMPOTENCY_KEY) else { return Ok(()) };
+        let Some(field) = message.descriptor().get_field_by_name("idempotency_key") else { return Ok(()) };
+        if field.kind() != prost_reflect::Kind::String || field.is_list() {
+            return Ok(());
+        }
+        let header = header.to_str().map_err(|_| "the Idempotency-Key header is not text".to_owned())?;
+        let current = message.get_field(&field).as_str().unwrap_or_default().to_owned();
+        if current.is_empty() {
+            message.set_field(&field, prost_reflect::Value::String(header.to_owned()));
+        } else if current != header {
+            return Err(format!(
+                "the Idempotency-Key header `{header}` and the body's `idempotencyKey` `{current}` differ; send one"
+            ));
+        }
+        Ok(())
     }
 
     /// The gRPC request for a transcoded call: the method's path, the

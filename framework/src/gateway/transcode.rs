@@ -85,12 +85,12 @@ pub(crate) fn request_message(
     // The path to the field at fault goes in the message.
     let mut track = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(Value::Object(root), &mut track);
-    DynamicMessage::deserialize_with_options(input.clone(), deserializer, &DeserializeOptions::new()).map_err(|e| {
-        match track.path().to_string().as_str() {
+    DynamicMessage::deserialize_with_options(input.clone(), deserializer, &DeserializeOptions::new()).map_err(
+        |e| match track.path().to_string().as_str() {
             "." | "" => format!("the request does not fit `{}`: {e}", input.full_name()),
             path => format!("field `{path}` of `{}`: {e}", input.full_name()),
-        }
-    })
+        },
+    )
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Invalid> {

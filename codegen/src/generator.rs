@@ -28,6 +28,8 @@ pub(crate) struct TrellisGenerator {
     pub(crate) policies: HashMap<String, Policy>,
     /// The checked `google.api.http` rules, by method full name.
     pub(crate) http_rules: HashMap<String, http::Rule>,
+    /// The OpenAPI document of each service with REST routes, by full name.
+    pub(crate) openapi: HashMap<String, String>,
 }
 
 impl prost_build::ServiceGenerator for TrellisGenerator {
@@ -56,8 +58,14 @@ impl prost_build::ServiceGenerator for TrellisGenerator {
         let tonic_code = names::allow_proto_cased_types(&tonic_code);
         buf.push_str(&route_tonic_paths(&tonic_code));
 
-        let tokens =
-            trellis_tokens(&service, self.build_client, self.build_server, &self.policies, &self.http_rules);
+        let tokens = trellis_tokens(
+            &service,
+            self.build_client,
+            self.build_server,
+            &self.policies,
+            &self.http_rules,
+            &self.openapi,
+        );
         buf.push_str(&render(tokens));
     }
 
@@ -106,6 +114,7 @@ fn trellis_tokens(
     build_server: bool,
     policies: &HashMap<String, Policy>,
     http_rules: &HashMap<String, http::Rule>,
+    openapi: &HashMap<String, String>,
 ) -> TokenStream {
     let codegen: syn::Path = syn::parse_str(CODEGEN).expect("CODEGEN is a valid path");
     let full_name = if service.package.is_empty() {
@@ -147,6 +156,19 @@ fn trellis_tokens(
         })
         .collect();
 
+    let openapi_tokens = openapi.get(&full_name).map(|document| {
+        let ident = format_ident!("{shouty}_OPENAPI");
+        let doc = format!(" The OpenAPI 3 document of the REST routes of `{full_name}`, as JSON.");
+        (
+            ident.clone(),
+            quote! {
+                #[doc = #doc]
+                pub const #ident: &str = #document;
+            },
+        )
+    });
+    let with_openapi = openapi_tokens.as_ref().map(|(ident, _)| quote!(.with_openapi(#ident)));
+    let openapi_const = openapi_tokens.map(|(_, tokens)| tokens);
     let name_doc = format!(" The full protobuf name of `{full_name}`.");
     let descriptor_doc =
         format!(" How Trellis sees `{full_name}`: its methods, their policy, and its protos.");
@@ -159,9 +181,11 @@ fn trellis_tokens(
             #name_const,
             &[#(#methods),*],
             FILE_DESCRIPTOR_SET,
-        );
+        )
+        #with_openapi;
 
         #rule_consts
+        #openapi_const
     };
 
     if build_client {

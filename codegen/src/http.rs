@@ -52,7 +52,7 @@ pub(crate) struct Rule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Method {
+pub(crate) enum Method {
     Get,
     Put,
     Post,
@@ -62,7 +62,7 @@ enum Method {
 }
 
 impl Method {
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Method::Get => "GET",
             Method::Put => "PUT",
@@ -77,13 +77,13 @@ impl Method {
 /// A parsed path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Template {
-    text: String,
-    segments: Vec<Segment>,
-    verb: Option<String>,
+    pub(crate) text: String,
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) verb: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+pub(crate) enum Segment {
     Literal(String),
     Wildcard,
     DoubleWildcard,
@@ -92,6 +92,28 @@ enum Segment {
         field_path: Vec<String>,
         segments: Vec<Segment>,
     },
+}
+
+impl Rule {
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    pub(crate) fn path(&self) -> &Template {
+        &self.path
+    }
+
+    pub(crate) fn body(&self) -> Option<&str> {
+        self.body.as_deref()
+    }
+
+    pub(crate) fn response_body(&self) -> Option<&str> {
+        self.response_body.as_deref()
+    }
+
+    pub(crate) fn additional_bindings(&self) -> &[Rule] {
+        &self.additional_bindings
+    }
 }
 
 /// A problem with a rule: the field path under `google.api.http` it is

@@ -25,7 +25,9 @@
 //!   `FooClient::discover(&registry)` to connect by service name;
 //! - an impl that lets `trellis::Server` add `FooServer::new(handler)` in one
 //!   line, with health and reflection set up for it;
-//! - `FOO_METHOD_HTTP_RULE`, for each method with a `google.api.http` route.
+//! - `FOO_METHOD_HTTP_RULE`, for each method with a `google.api.http` route,
+//!   and `FOO_OPENAPI`, the OpenAPI 3 document (JSON) of the service's routes,
+//!   which the Trellis server serves at `/openapi.json`.
 //!
 //! Generated code refers to tonic and prost only through `trellis::codegen`,
 //! so a service crate depends on `trellis` alone.
@@ -177,6 +179,7 @@ mod generator;
 mod http;
 mod include;
 mod names;
+mod openapi;
 mod policy;
 
 use std::path::{Path, PathBuf};
@@ -283,6 +286,7 @@ impl Builder {
         let pool = compiler.descriptor_pool();
         let policies = policy::read(&pool, &includes)?;
         let http_rules = http::read(&pool, &includes)?;
+        let openapi = openapi::documents(&pool, &http_rules);
 
         let descriptor_path = out_dir.join(DESCRIPTOR_SET_FILE);
         std::fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
@@ -317,6 +321,7 @@ impl Builder {
                 descriptor_set,
                 policies,
                 http_rules,
+                openapi,
             }));
         // The options are read above; the messages of `trellis/options.proto`
         // and `google/api/*.proto` need no Rust code in the user's crate.

@@ -452,6 +452,7 @@ pub struct ServiceDescriptor {
     name: &'static str,
     methods: &'static [MethodDescriptor],
     file_descriptor_set: &'static [u8],
+    openapi: Option<&'static str>,
 }
 
 impl ServiceDescriptor {
@@ -461,7 +462,18 @@ impl ServiceDescriptor {
         methods: &'static [MethodDescriptor],
         file_descriptor_set: &'static [u8],
     ) -> Self {
-        ServiceDescriptor { name, methods, file_descriptor_set }
+        ServiceDescriptor { name, methods, file_descriptor_set, openapi: None }
+    }
+
+    /// The same service with the OpenAPI 3 document (JSON) of its REST routes.
+    pub const fn with_openapi(self, document: &'static str) -> Self {
+        ServiceDescriptor { openapi: Some(document), ..self }
+    }
+
+    /// The OpenAPI 3 document (JSON) that `trellis-build` generated for the
+    /// service's `google.api.http` routes; `None` when it has none.
+    pub const fn openapi(&self) -> Option<&'static str> {
+        self.openapi
     }
 
     /// The full protobuf name, such as `order.payment.v1.OrderPayment`.

@@ -300,3 +300,62 @@ async fn grpc_still_works_on_the_same_port() {
     let ids: Vec<i64> = stream.map(|b| b.expect("book").id).collect().await;
     assert_eq!(ids, [0, 1, 2]);
 }
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let (addr, _stop) = serve().await;
+    let got = curl(addr, "/openapi.json", &[]).await;
+    assert_eq!(got.status, 200, "{got:?}");
+    let doc = got.json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/v1/{name}/books/{id}", "get"),
+        ("/v1/books/{id}", "get"),
+        ("/v1/books/{id}", "head"),
+        ("/v1/books/{id}", "delete"),
+        ("/v1/books/{book.id}", "patch"),
+        ("/v1/{name}/books", "post"),
+        ("/v1/files/{path}", "get"),
+        ("/v1/books/{id}:archive", "post"),
+        ("/v1/shelves/{shelf}/books", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing: {paths:?}");
+    }
+    let get = &paths["/v1/{name}/books/{id}"]["get"];
+    assert_eq!(get["operationId"], "Library_GetBook");
+    let name = &get["parameters"][0];
+    assert_eq!(
+        (&name["name"], &name["in"], &name["schema"]["pattern"]),
+        (&json("name"), &json("path"), &json("^shelves/[^/]+$"))
+    );
+    assert_eq!(get["parameters"][1]["schema"], serde_json::json!({ "type": "string", "format": "int64" }));
+
+    let list = &paths["/v1/shelves/{shelf}/books"]["get"];
+    let query: Vec<&str> = list["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(query, ["pageSize", "authors"]);
+    assert!(list["responses"]["200"]["content"]["application/x-ndjson"].is_object(), "{list}");
+
+    let create = &paths["/v1/{name}/books"]["post"];
+    assert_eq!(
+        create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/trellis.test.rest.v1.Book"
+    );
+    let book = &doc["components"]["schemas"]["trellis.test.rest.v1.Book"]["properties"];
+    assert_eq!(book["id"]["format"], "int64");
+    assert_eq!(book["authors"]["type"], "array");
+    assert_eq!(
+        paths["/v1/books/{book.id}"]["patch"]["responses"]["200"]["content"]["application/json"]["schema"]["type"],
+        "string"
+    );
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::Value::String(text.to_owned())
+}

@@ -50,6 +50,9 @@
 //!   (`data: ...`, and an `event: error`) when the request accepts
 //!   `text/event-stream`. Client-streaming and bidirectional methods are not
 //!   served over REST (501).
+//! - **OpenAPI**: `GET /openapi.json` is an OpenAPI 3 document of every
+//!   route of the added services, from the ones `trellis-build` generates at
+//!   build time (`FOO_OPENAPI`).
 
 #[cfg(feature = "rest")]
 mod route;
@@ -138,13 +141,48 @@ mod service {
             })?;
         }
         let routes = Routes::new(services, &pool)?;
-        Ok(GatewayLayer { routes: (!routes.is_empty()).then(|| Arc::new(routes)) })
+        let openapi = openapi(services)?;
+        Ok(GatewayLayer { routes: (!routes.is_empty()).then(|| Arc::new((routes, openapi))) })
     }
+
+    /// One OpenAPI document for every added service's routes, from those
+    /// `trellis-build` generated.
+    fn openapi(services: &[&'static ServiceDescriptor]) -> Result<Bytes, Error> {
+        let mut paths = serde_json::Map::new();
+        let mut schemas = serde_json::Map::new();
+        let mut names = Vec::new();
+        for service in services {
+            let Some(text) = service.openapi() else { continue };
+            let document: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                Error::Config(format!(
+                    "REST: the OpenAPI document of `{}` does not parse: {e}",
+                    service.name()
+                ))
+            })?;
+            names.push(service.name());
+            if let Some(map) = document["paths"].as_object() {
+                paths.extend(map.clone());
+            }
+            if let Some(map) = document["components"]["schemas"].as_object() {
+                schemas.extend(map.clone());
+            }
+        }
+        let document = serde_json::json!({
+            "openapi": "3.0.3",
+            "info": { "title": names.join(", "), "version": env!("CARGO_PKG_VERSION") },
+            "paths": paths,
+            "components": { "schemas": schemas },
+        });
+        Ok(Bytes::from(document.to_string()))
+    }
+
+    /// Where the OpenAPI document is served.
+    const OPENAPI_PATH: &str = "/openapi.json";
 
     /// Serves the REST routes of the added services; see the [module docs](super).
     #[derive(Debug, Clone)]
     pub(crate) struct GatewayLayer {
-        routes: Option<Arc<Routes>>,
+        routes: Option<Arc<(Routes, Bytes)>>,
     }
 
     impl<S> Layer<S> for GatewayLayer {
@@ -158,7 +196,8 @@ mod service {
     #[derive(Debug, Clone)]
     pub(crate) struct Gateway<S> {
         inner: S,
-        routes: Option<Arc<Routes>>,
+        /// The routes, and the OpenAPI document that describes them.
+        routes: Option<Arc<(Routes, Bytes)>>,
     }
 
     type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -218,10 +257,19 @@ mod service {
             // The ready service goes with this call; a clone stays for the next.
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
-            let inner =
-                Box::pin(
-                    async move { Ok(serve(inner, &routes, req).await.map(http_body_util::Either::Right)) },
-                );
+            let inner = Box::pin(async move {
+                let (routes, openapi) = &*routes;
+                let response = if req.method() == Method::GET && req.uri().path() == OPENAPI_PATH {
+                    let mut response = Response::new(Body::new(Full::new(openapi.clone())));
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    response
+                } else {
+                    serve(inner, routes, req).await
+                };
+                Ok(response.map(http_body_util::Either::Right))
+            });
             GatewayFuture::Rest { inner }
         }
     }

@@ -16,8 +16,13 @@ pub(crate) fn documents(pool: &DescriptorPool, rules: &HashMap<String, Rule>) ->
         let mut schemas = Schemas::default();
         for method in service.methods() {
             let Some(rule) = rules.get(method.full_name()) else { continue };
-            for binding in std::iter::once(rule).chain(rule.additional_bindings()) {
-                let (path, operation) = operation(&method, binding, &mut schemas);
+            for (index, binding) in std::iter::once(rule).chain(rule.additional_bindings()).enumerate() {
+                let (path, mut operation) = operation(&method, binding, &mut schemas);
+                // Each operation has an id of its own: the additional bindings are numbered.
+                if index > 0 {
+                    let id = format!("{}_{}_{index}", service.name(), method.name());
+                    operation["operationId"] = Value::String(id);
+                }
                 paths.entry(path).or_default().insert(binding.method().as_str().to_lowercase(), operation);
             }
         }

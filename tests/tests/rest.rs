@@ -354,6 +354,24 @@ async fn openapi_describes_every_route() {
         paths["/v1/books/{book.id}"]["patch"]["responses"]["200"]["content"]["application/json"]["schema"]["type"],
         "string"
     );
+
+    // An independent validator agrees it is OpenAPI 3 (Python `openapi-spec-validator`).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, &got.body).expect("write");
+    let mut checked = false;
+    for python in ["python3", "/usr/bin/python3"] {
+        let has = Command::new(python).args(["-c", "import openapi_spec_validator"]).output().await;
+        if !has.is_ok_and(|out| out.status.success()) {
+            continue;
+        }
+        let script = "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))";
+        let out = Command::new(python).args(["-c", script]).arg(&file).output().await.expect("python runs");
+        assert!(out.status.success(), "invalid OpenAPI: {}", String::from_utf8_lossy(&out.stderr));
+        checked = true;
+        break;
+    }
+    assert!(checked, "no python3 with openapi-spec-validator: pip install openapi-spec-validator");
 }
 
 fn json(text: &str) -> serde_json::Value {

@@ -124,7 +124,7 @@ impl Contender {
     fn connect(self, addrs: &[SocketAddr]) -> (Call, Option<Channel>) {
         match self {
             Contender::Trellis => {
-                let channel = Channel::discover(&static_registry(addrs), &BENCH_DESCRIPTOR).expect("channel");
+                let channel = Channel::discover(static_registry(addrs), &BENCH_DESCRIPTOR).expect("channel");
                 (caller(BenchClient::new(channel.clone())), Some(channel))
             }
             Contender::TonicBalanceList => (slow::tonic_balance_list(addrs), None),

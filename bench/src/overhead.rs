@@ -21,7 +21,7 @@ pub(crate) async fn run(quick: bool) -> serde_json::Value {
             .expect("connect")
     };
     let trellis = |addr| {
-        trellis::codegen::Channel::discover(&static_registry(&[addr]), &BENCH_DESCRIPTOR).expect("channel")
+        trellis::codegen::Channel::discover(static_registry(&[addr]), &BENCH_DESCRIPTOR).expect("channel")
     };
     // The two mixed pairs tell the client's share of the cost from the server's.
     let contenders: Vec<(&str, Call)> = vec![

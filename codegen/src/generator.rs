@@ -191,8 +191,9 @@ fn trellis_tokens(
     if build_client {
         let alias_doc =
             format!(" A `{full_name}` client that finds its instances through a Trellis registry.");
-        let discover_doc =
-            format!(" Connects to `{full_name}` by name through `registry`, with the Trellis client stack.");
+        let discover_doc = format!(
+            " Connects to `{full_name}` by name, with the Trellis client stack: pass the application's `Context` (which adds the `[clients.\"{full_name}\"]` settings) or a bare `Registry`."
+        );
         tokens.extend(quote! {
             #[doc = #alias_doc]
             // A crate that only serves the service does not use its client.
@@ -208,9 +209,9 @@ fn trellis_tokens(
                 /// When the registry knows no way to reach the service, or when
                 /// called outside a Tokio runtime.
                 pub fn discover(
-                    registry: &#codegen::Registry,
+                    clients: impl ::core::convert::Into<#codegen::Clients>,
                 ) -> ::core::result::Result<Self, #codegen::Error> {
-                    #codegen::Channel::discover(registry, &#descriptor).map(Self::new)
+                    #codegen::Channel::discover(clients, &#descriptor).map(Self::new)
                 }
             }
         });

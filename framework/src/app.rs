@@ -1,17 +1,21 @@
 //! The command line every Trellis service binary shares, and the [`Context`]
 //! a service's setup code receives.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use clap::{Arg, ArgAction, Command};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Config, Layers, LogFormat};
-use crate::error::{BoxError, Error};
+use crate::client::Clients;
+use crate::config::{Config, Layers, Unknown};
+use crate::error::{BoxError, Error, error_chain};
 use crate::registry::{Metadata, Registry};
 use crate::server::{Server, ServerBuilder};
+use crate::telemetry::LogFormat;
 
 /// A service binary: parses the shared command line, loads configuration,
 /// starts logging and a Tokio runtime, then runs your setup code.
@@ -47,18 +51,30 @@ pub struct App {
     name: &'static str,
     version: &'static str,
     about: Option<&'static str>,
+    sections: Option<&'static [&'static str]>,
 }
 
 impl App {
     /// An application called `name` at `version` (pass
     /// `env!("CARGO_PKG_NAME")` and `env!("CARGO_PKG_VERSION")`).
     pub fn new(name: &'static str, version: &'static str) -> Self {
-        App { name, version, about: None }
+        App { name, version, about: None, sections: None }
     }
 
     /// One line for `--help`.
     pub fn about(mut self, about: &'static str) -> Self {
         self.about = Some(about);
+        self
+    }
+
+    /// Names every section of the configuration the service reads itself
+    /// with [`Context::section`], so that a misspelt section (`[paymnet]`)
+    /// is rejected as soon as the configuration is loaded, before the setup
+    /// code runs. Without this, unknown sections are rejected when the server
+    /// from [`Context::server`] binds, or when the setup code returns without
+    /// serving (see [`config`](crate::config#misspelt-keys)).
+    pub fn sections(mut self, sections: &'static [&'static str]) -> Self {
+        self.sections = Some(sections);
         self
     }
 
@@ -74,7 +90,9 @@ impl App {
     /// Parses `args` (the first is the program name), loads configuration,
     /// starts logging, and runs `setup` on a new Tokio runtime. Errors are
     /// printed as one readable line and turned into a failing exit code: 2 for
-    /// bad usage or configuration, 1 for failures while running.
+    /// bad usage or configuration, 1 for failures while running. When `setup`
+    /// returns, sections of the configuration that nothing read are an error
+    /// (exit code 2).
     pub fn run_with_args<I, T, F, Fut>(self, args: I, setup: F) -> ExitCode
     where
         I: IntoIterator<Item = T>,
@@ -89,7 +107,7 @@ impl App {
                 return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
             }
         };
-        let ctx = match Context::from_matches(self.name, self.version, &matches) {
+        let ctx = match Context::from_matches(self.name, self.version, &matches, self.sections) {
             Ok(ctx) => ctx,
             Err(err) => {
                 eprintln!("{}: error: {err}", self.name);
@@ -108,7 +126,9 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(setup(ctx)) {
+        let sections = Arc::clone(&ctx.sections);
+        let result = runtime.block_on(setup(ctx)).and_then(|()| Ok(sections.check()?));
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 let code = if err.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Config(_))) {
@@ -179,7 +199,33 @@ pub struct Context {
     version: &'static str,
     config: Config,
     layers: Layers,
-    registry: Registry,
+    clients: Clients,
+    sections: Arc<Sections>,
+}
+
+/// The unknown top-level sections of the configuration, and the sections the
+/// service read or named; shared by every clone of a [`Context`].
+#[derive(Debug)]
+struct Sections {
+    unknown: Vec<Unknown>,
+    named: Mutex<BTreeSet<String>>,
+}
+
+impl Sections {
+    fn read(&self, key: &str) {
+        let section = key.split('.').next().unwrap_or(key);
+        self.named.lock().unwrap_or_else(PoisonError::into_inner).insert(section.to_owned());
+    }
+
+    /// Rejects the unknown sections that were neither read nor named.
+    fn check(&self) -> Result<(), Error> {
+        if self.unknown.is_empty() {
+            return Ok(());
+        }
+        let named = self.named.lock().unwrap_or_else(PoisonError::into_inner);
+        let named: Vec<&str> = named.iter().map(String::as_str).collect();
+        crate::config::check_sections(&self.unknown, &named)
+    }
 }
 
 impl Context {
@@ -187,6 +233,7 @@ impl Context {
         name: &'static str,
         version: &'static str,
         matches: &clap::ArgMatches,
+        sections: Option<&'static [&'static str]>,
     ) -> Result<Self, Error> {
         let mut flags = Vec::new();
         for raw in matches.get_many::<String>("set").into_iter().flatten() {
@@ -210,10 +257,16 @@ impl Context {
             flags.push(("log.format".to_owned(), format.to_owned()));
         }
         let file = matches.get_one::<PathBuf>("config");
-        let layers = Layers::load(file.map(PathBuf::as_path), flags)?;
+        let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
         let config = layers.config()?;
-        let registry = Registry::from_url(&config.registry)?.with_clients(config.clients.clone());
-        Ok(Context { name, version, config, layers, registry })
+        let registry = Registry::from_url(&config.registry)?;
+        let clients = Clients::new(registry).with_configs(config.clients.clone());
+        let own = sections.unwrap_or_default();
+        let sections = Arc::new(Sections {
+            unknown: layers.unknown(own)?,
+            named: Mutex::new(own.iter().map(|s| (*s).to_owned()).collect()),
+        });
+        Ok(Context { name, version, config, layers, clients, sections })
     }
 
     /// The application's name.
@@ -230,19 +283,38 @@ impl Context {
     /// (file section `[key]`, variables `TRELLIS_KEY__FIELD`, flags
     /// `--set key.field=VALUE`).
     ///
+    /// Reading a section tells the runtime that it is the service's own, so
+    /// it is not rejected as a misspelling (see
+    /// [`config`](crate::config#misspelt-keys)).
+    ///
     /// # Errors
     ///
-    /// A value of the wrong type, with the key and where it came from.
+    /// A value of the wrong type, or an unknown key when `T` denies unknown
+    /// fields, with the key and where it came from.
     pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, Error> {
+        self.sections.read(key);
         self.layers.section(key)
     }
 
     /// The registry named by `registry`.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        self.clients.registry()
+    }
+
+    /// The registry and the `[clients."SERVICE"]` settings, which generated
+    /// clients take: `OrderPaymentClient::discover(&ctx)` is the same as
+    /// `OrderPaymentClient::discover(ctx.clients())`.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
     }
 
     /// A server builder set up from the configuration.
+    ///
+    /// Its [`bind`](ServerBuilder::bind) and [`serve`](ServerBuilder::serve)
+    /// fail with [`Error::Config`] if the configuration has a top-level
+    /// section that is not the runtime's and that the service has not read
+    /// with [`section`](Self::section) by then, naming where it was set and
+    /// the nearest known key.
     pub fn server(&self) -> ServerBuilder {
         let instance = &self.config.instance;
         let metadata = Metadata {
@@ -256,8 +328,12 @@ impl Context {
             .shutdown_config(self.config.shutdown)
             .faults(self.config.faults)
             .max_concurrent_calls(self.config.server.max_concurrent_calls)
-            .registry(self.registry.clone())
-            .metadata(metadata);
+            .registry(self.registry().clone())
+            .metadata(metadata)
+            .config_check({
+                let sections = Arc::clone(&self.sections);
+                move || sections.check()
+            });
         if let Some(advertise) = &self.config.advertise {
             server = server.advertise(advertise.clone());
         }
@@ -265,17 +341,90 @@ impl Context {
     }
 }
 
-/// `err` and its sources, as `outer: inner: innermost`.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
+impl From<&Context> for Clients {
+    fn from(ctx: &Context) -> Self {
+        ctx.clients.clone()
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn args(flags: &[&str]) -> Vec<String> {
+        std::iter::once("svc").chain(flags.iter().copied()).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn an_unread_section_fails_when_setup_returns() {
+        let app = || App::new("svc", "0.1.0");
+        let code = app().run_with_args(args(&["--set", "nosuch.key=1"]), |_ctx| async { Ok(()) });
+        assert_eq!(code, ExitCode::from(2));
+
+        let code = app().run_with_args(args(&["--set", "nosuch.key=1"]), |ctx| async move {
+            let value: BTreeSet<String> =
+                ctx.section::<std::collections::BTreeMap<String, i64>>("nosuch")?.into_keys().collect();
+            assert_eq!(value, BTreeSet::from(["key".to_owned()]));
+            Ok(())
+        });
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    #[test]
+    fn named_sections_are_checked_before_setup() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let setup = |ran: Arc<AtomicBool>| {
+            move |_ctx: Context| async move {
+                ran.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        let app = || App::new("svc", "0.1.0").sections(&["payment"]);
+        let code = app().run_with_args(args(&["--set", "paymnt.database=x"]), setup(Arc::clone(&ran)));
+        assert_eq!(code, ExitCode::from(2));
+        assert!(!ran.load(Ordering::SeqCst), "setup ran with a misspelt section");
+
+        let code = app().run_with_args(args(&["--set", "payment.database=x"]), setup(Arc::clone(&ran)));
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn an_unknown_key_fails_before_setup() {
+        let code = App::new("svc", "0.1.0")
+            .run_with_args(args(&["--set", "registy=static://"]), |_ctx| async { panic!("setup ran") });
+        assert_eq!(code, ExitCode::from(2));
+    }
+
+    #[tokio::test]
+    async fn the_server_binds_only_once_every_section_is_read() {
+        let matches = App::new("svc", "0.1.0")
+            .command()
+            .try_get_matches_from(args(&["--set", "shutdwn.drain_timeout=1s", "--set", "payment.database=x"]))
+            .unwrap();
+        let ctx = Context::from_matches("svc", "0.1.0", &matches, None).unwrap();
+
+        let err = ctx.server().bind().await.unwrap_err();
+        let Error::Config(message) = err else { panic!("expected a configuration error, got {err}") };
+        assert!(
+            message.contains("`shutdwn` (from the command line): unknown section; did you mean `shutdown`?"),
+            "{message}"
+        );
+        assert!(message.contains("`payment` (from the command line): unknown section"), "{message}");
+
+        // A section read after the builder was made, but before binding,
+        // counts; the misspelling does not go away.
+        let server = ctx.server();
+        ctx.section::<std::collections::BTreeMap<String, String>>("payment").unwrap();
+        let Error::Config(message) = server.bind().await.unwrap_err() else {
+            panic!("expected a config error")
+        };
+        assert!(!message.contains("`payment`") && message.contains("`shutdwn`"), "{message}");
+
+        ctx.section::<std::collections::BTreeMap<String, String>>("shutdwn").unwrap();
+        let bound = ctx.server().bind().await.unwrap();
+        assert!(bound.local_addr().ip().is_loopback());
+    }
 }

@@ -10,7 +10,7 @@ pub use tonic;
 #[doc(hidden)]
 pub use tonic_prost::ProstCodec;
 
-pub use crate::client::Channel;
+pub use crate::client::{Channel, Clients};
 pub use crate::descriptor::{
     DescribedService, HashKeyField, HashKeyKind, HedgePolicy, HttpMethod, HttpRule, Idempotency,
     MethodDescriptor, MethodPolicy, PathSegment, PathTemplate, PathVariable, ServiceDescriptor,

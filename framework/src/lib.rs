@@ -47,11 +47,14 @@ pub mod codegen;
 pub mod config;
 pub mod context;
 mod descriptor;
+mod duration;
 mod error;
 pub mod gateway;
+pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
+mod transport;
 
 pub use app::{App, Context};
 pub use descriptor::{

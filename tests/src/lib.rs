@@ -13,6 +13,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+pub mod fakes;
+pub mod registries;
+
 /// The generated code of the test protos.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod proto {
@@ -224,7 +227,7 @@ impl Service {
         tokio::time::timeout(timeout, async {
             while let Some(line) = self.logs.recv().await {
                 let ends_call = line["message"] == "call finished" || line["message"] == "call failed";
-                if ends_call && line["span"]["rpc.method"] == method {
+                if ends_call && line["rpc.method"] == method {
                     return line;
                 }
             }

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use trellis::client::{Balance, HashKey};
+use trellis::client::{ClientConfig, Clients, MethodConfig};
 use trellis::codegen::Channel;
-use trellis::config::{ClientConfig, FaultsConfig, MethodConfig};
+use trellis::server::FaultsConfig;
 use trellis::{Code, Registry, Request};
 use trellis_tests::Whoami;
 use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::DeepServer;
@@ -51,7 +52,7 @@ async fn round_robin_from_configuration_takes_each_instance_in_turn() {
     let (registry, ports) = servers(4, FaultsConfig::default()).await;
     let config = ClientConfig { balance: Some(Balance::RoundRobin), ..ClientConfig::default() };
     // The service name is matched ignoring case, as environment variables are lowercased.
-    let registry = registry.with_clients(BTreeMap::from([(DEEP_DESCRIPTOR.name().to_lowercase(), config)]));
+    let registry = Clients::new(registry).with_config(&DEEP_DESCRIPTOR.name().to_lowercase(), config);
     let mut client = DeepClient::discover(&registry).expect("client");
     answers(&mut client, 4, None).await; // until every endpoint is known
     let seen = answers(&mut client, 40, None).await;
@@ -84,7 +85,7 @@ async fn a_configured_method_timeout_is_the_calls_deadline() {
     let method = MethodConfig { timeout: Some(Duration::from_millis(150)), max_attempts: None };
     let config =
         ClientConfig { methods: BTreeMap::from([("Dive".to_owned(), method)]), ..ClientConfig::default() };
-    let registry = registry.with_clients(BTreeMap::from([(DEEP_DESCRIPTOR.name().to_owned(), config)]));
+    let registry = Clients::new(registry).with_config(DEEP_DESCRIPTOR.name(), config);
     let mut client = DeepClient::discover(&registry).expect("client");
     let start = Instant::now();
     let status = client.dive(Depth::default()).await.expect_err("slower than the configured timeout");
@@ -103,7 +104,7 @@ async fn max_attempts_from_configuration_limits_retries() {
     let once = MethodConfig { timeout: None, max_attempts: Some(1) };
     let config =
         ClientConfig { methods: BTreeMap::from([("Dive".to_owned(), once)]), ..ClientConfig::default() };
-    let registry = registry.with_clients(BTreeMap::from([(DEEP_DESCRIPTOR.name().to_owned(), config)]));
+    let registry = Clients::new(registry).with_config(DEEP_DESCRIPTOR.name(), config);
     let channel = Channel::discover(&registry, &DEEP_DESCRIPTOR).expect("channel");
     let mut client = DeepClient::new(channel.clone());
     for _ in 0..3 {

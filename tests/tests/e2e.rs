@@ -168,8 +168,8 @@ async fn duplicate_pay_across_two_instances_charges_once() {
         Registry::from_url(&static_registry(&[(ORDER_PAYMENT_SERVICE_NAME, &[s])])).expect("registry")
     };
     let clients = [
-        OrderPaymentClient::discover(&only(&a)).expect("a"),
-        OrderPaymentClient::discover(&only(&b)).expect("b"),
+        OrderPaymentClient::discover(only(&a)).expect("a"),
+        OrderPaymentClient::discover(only(&b)).expect("b"),
     ];
 
     const ORDERS: usize = 10;

@@ -1,14 +1,14 @@
 //! The `(trellis.method)` policy at work over real sockets: hedging, the
 //! proto's timeout as the call's deadline, and the proto's hash key field.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tokio_stream::Stream;
 use trellis::client::{Balance, HashKey};
+use trellis::client::{ClientConfig, Clients};
 use trellis::codegen::Channel;
-use trellis::config::ClientConfig;
 use trellis::{Code, Registry, Request, Response, Status};
 use trellis_tests::proto::trellis::test::policy::v1::accounts_server::{Accounts, AccountsServer};
 use trellis_tests::proto::trellis::test::policy::v1::{
@@ -118,7 +118,7 @@ async fn the_protos_timeout_is_the_calls_deadline() {
 async fn the_protos_hash_key_routes_like_a_key_set_in_code() {
     let registry = servers(&[Duration::ZERO; 4]).await;
     let config = ClientConfig { balance: Some(Balance::ConsistentHash), ..ClientConfig::default() };
-    let registry = registry.with_clients(BTreeMap::from([(ACCOUNTS_DESCRIPTOR.name().to_owned(), config)]));
+    let registry = Clients::new(registry).with_config(ACCOUNTS_DESCRIPTOR.name(), config);
     let mut client = AccountsClient::discover(&registry).expect("client");
     // Until every endpoint is known, a key may land elsewhere.
     for n in 0..8 {

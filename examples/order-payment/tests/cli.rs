@@ -127,6 +127,55 @@ fn bad_values_name_the_key_the_source_and_what_is_accepted() {
 }
 
 #[test]
+fn misspelt_keys_and_sections_name_the_source_and_the_nearest_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rejects(
+        command(&dir).env("TRELLIS_REGISTY", "local://"),
+        &["`registy` (from environment variable TRELLIS_REGISTY): unknown key; did you mean `registry`?"],
+    );
+    let file = config_file(&dir, "[shutdwn]\ndrain_timeout = \"30s\"\n");
+    rejects(
+        command(&dir).arg("--config").arg(&file),
+        &[&format!("`shutdwn` (from file `{}`): unknown section; did you mean `shutdown`?", file.display())],
+    );
+    // The service's own section is among the known ones.
+    rejects(
+        command(&dir).args(["--set", "nosuch.key=1"]),
+        &["`nosuch` (from the command line): unknown section; expected one of ", "`payment`", "`shutdown`"],
+    );
+    rejects(
+        command(&dir).env("TRELLIS_PAYMNT__DATABASE", "x.sqlite3"),
+        &[
+            "`paymnt` (from environment variable TRELLIS_PAYMNT__DATABASE): unknown section; did you mean `payment`?",
+        ],
+    );
+    rejects(
+        command(&dir).args(["--set", "lisen=127.0.0.1:0"]),
+        &["`lisen` (from the command line)", "`listen`"],
+    );
+}
+
+#[test]
+fn the_service_section_is_read_from_file_env_and_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from_file = dir.path().join("file.sqlite3");
+    let file = config_file(&dir, &format!("[payment]\ndatabase = {:?}\n", from_file.display().to_string()));
+    let from_env = dir.path().join("env.sqlite3");
+    let from_flag = dir.path().join("flag.sqlite3");
+    let mut with_file = command(&dir);
+    with_file.env_remove("TRELLIS_PAYMENT__DATABASE").arg("--config").arg(&file);
+    let mut with_env = command(&dir);
+    with_env.env("TRELLIS_PAYMENT__DATABASE", &from_env);
+    let mut with_flag = command(&dir);
+    with_flag.arg("--set").arg(format!("payment.database={}", from_flag.display()));
+    for (mut cmd, database) in [(with_file, &from_file), (with_env, &from_env), (with_flag, &from_flag)] {
+        let line = first_log_line(&mut cmd);
+        assert!(line.contains("listening"), "{line}");
+        assert!(database.is_file(), "{} was not opened; first line: {line}", database.display());
+    }
+}
+
+#[test]
 fn bad_registry_urls_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     rejects(

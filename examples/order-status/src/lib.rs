@@ -45,7 +45,7 @@ where
         .about("The combined state of an order, from payment and shipping")
         .run_with_args(args, |ctx| async move {
             let settings: Settings = ctx.section("status")?;
-            let service = StatusService::discover(ctx.registry(), settings.watch_interval)?;
+            let service = StatusService::discover(&ctx, settings.watch_interval)?;
             ctx.server()
                 .add_service(proto::order::status::v1::order_status_server::OrderStatusServer::new(service))
                 .serve()

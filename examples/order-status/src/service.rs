@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use trellis::{Code, Registry, Request, Response, Status};
+use trellis::client::Clients;
+use trellis::{Code, Request, Response, Status};
 
 use crate::proto::order::payment::v1::{GetPaymentRequest, OrderPaymentClient, Payment, PaymentState};
 use crate::proto::order::shipping::v1::{GetShipmentRequest, OrderShippingClient, Shipment};
@@ -21,15 +22,17 @@ pub struct StatusService {
 }
 
 impl StatusService {
-    /// Finds payment and shipping through `registry`.
+    /// Finds payment and shipping through `clients` (the application
+    /// context, or a bare registry).
     ///
     /// # Errors
     ///
-    /// When the registry cannot reach either service.
-    pub fn discover(registry: &Registry, watch_interval: Duration) -> Result<Self, trellis::Error> {
+    /// When called outside a Tokio runtime.
+    pub fn discover(clients: impl Into<Clients>, watch_interval: Duration) -> Result<Self, trellis::Error> {
+        let clients = clients.into();
         Ok(StatusService {
-            payment: OrderPaymentClient::discover(registry)?,
-            shipping: OrderShippingClient::discover(registry)?,
+            payment: OrderPaymentClient::discover(&clients)?,
+            shipping: OrderShippingClient::discover(&clients)?,
             watch_interval,
         })
     }

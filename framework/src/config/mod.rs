@@ -28,20 +28,52 @@
 //! sets any key from the command line. Client settings are keyed by full
 //! service names, which contain dots, so they are set in the file (see
 //! [`ClientConfig`]).
-
-mod duration;
+//!
+//! # Misspelt keys
+//!
+//! Every key is checked, wherever it comes from, and a key nothing reads is
+//! an error that names where it came from and the nearest known key:
+//!
+//! ```text
+//! invalid configuration: `registy` (from environment variable TRELLIS_REGISTY): unknown key; did you mean `registry`?
+//! ```
+//!
+//! - A key inside a known section (`[shutdown] drain_timout = "5s"`) is
+//!   rejected when the configuration is loaded, as is a value of the wrong
+//!   type.
+//! - An unknown top-level key that is not a section (`registy = "..."`,
+//!   `--set registy=...`, `TRELLIS_REGISTY`) is rejected when the
+//!   configuration is loaded.
+//! - An unknown section (`[shutdwn]`, `--set nosuch.key=1`) may be the
+//!   service's own, so it is rejected once the service has had the chance to
+//!   read it: when the server from [`Context::server`](crate::Context::server)
+//!   binds, or when the setup code returns without serving. A binary that
+//!   names its sections up front with [`App::sections`](crate::App::sections)
+//!   has them checked as soon as the configuration is loaded.
+//!
+//! Keys inside a service's own section are checked by the type it is read
+//! into: derive `#[serde(deny_unknown_fields)]` on it, as `order-payment`'s
+//! `Settings` does. Every `TRELLIS_*` environment variable is read as
+//! configuration (`TRELLIS_CONFIG` excepted), so an unrelated variable with
+//! that prefix is rejected too.
+//!
+//! [`check_file`] checks a file alone, for tools that validate a file before
+//! it is deployed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Tag, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::client::ClientConfig;
 use crate::error::Error;
+use crate::server::{FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
+use crate::telemetry::LogConfig;
 
 /// The prefix of every environment variable Trellis reads.
 pub const ENV_PREFIX: &str = "TRELLIS_";
@@ -91,122 +123,33 @@ impl Default for Config {
     }
 }
 
-/// What an instance registers about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InstanceConfig {
-    /// The version; the binary's own when unset.
-    pub version: Option<String>,
-    /// The zone the instance runs in.
-    pub zone: Option<String>,
-    /// Relative share of traffic; 100 is normal.
-    pub weight: u32,
+impl Config {
+    /// The top-level keys the runtime reads itself. Any other top-level key
+    /// must be a service's own section.
+    pub const KEYS: &'static [&'static str] =
+        &["listen", "registry", "advertise", "instance", "log", "shutdown", "server", "clients", "faults"];
 }
 
-impl Default for InstanceConfig {
-    fn default() -> Self {
-        InstanceConfig { version: None, zone: None, weight: 100 }
-    }
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// Human-readable lines or one JSON object per line.
-    pub format: LogFormat,
-    /// A `tracing` filter such as `info` or `info,trellis=debug`.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Graceful shutdown timings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long to keep serving after turning `NOT_SERVING`, so that health
-    /// checkers and registries stop sending traffic before the drain.
-    #[serde(with = "duration")]
-    pub propagation_delay: Duration,
-    /// How long in-flight calls may take to finish once draining starts.
-    #[serde(with = "duration")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig { propagation_delay: Duration::from_secs(1), drain_timeout: Duration::from_secs(10) }
-    }
-}
-
-/// How this service calls one other service. Overrides what the proto says.
+/// Checks the configuration file at `path` alone (no environment, no flags):
+/// every unknown key and section, with the nearest known one, and every bad
+/// value of the runtime's own keys and the registry URL. `own_sections` are
+/// the sections the service reads itself; their values are the service's to
+/// check.
 ///
-/// ```toml
-/// [clients."order.payment.v1.OrderPayment"]
-/// balance = "round_robin"            # peak_ewma (default), round_robin, consistent_hash
+/// # Errors
 ///
-/// [clients."order.payment.v1.OrderPayment".methods.GetPayment]
-/// timeout = "500ms"                  # the call's default deadline
-/// max_attempts = 2                   # attempts when retrying is safe, the first included
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// How calls are spread over the instances.
-    pub balance: Option<crate::client::Balance>,
-    /// Per-method overrides, by method name as in the proto.
-    pub methods: BTreeMap<String, MethodConfig>,
-}
-
-/// Overrides for one method.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MethodConfig {
-    /// The default deadline of a call.
-    #[serde(with = "duration::optional")]
-    pub timeout: Option<Duration>,
-    /// Attempts when retrying is safe, the first included (1 disables retries).
-    pub max_attempts: Option<u32>,
-}
-
-/// Server limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Application calls that may run at once; past that, calls are shed.
-    pub max_concurrent_calls: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig { max_concurrent_calls: crate::server::DEFAULT_MAX_CONCURRENT_CALLS }
+/// [`Error::Config`] with one message per problem, each naming the key, the
+/// file and what is accepted.
+pub fn check_file(path: &Path, own_sections: &[&str]) -> Result<(), Error> {
+    let figment = Figment::from(Serialized::defaults(Config::default())).merge(file(path)?);
+    let layers = Layers { figment };
+    let mut problems = layers.problems(Some(own_sections))?;
+    if let Ok(url) = layers.extract::<String>("registry")
+        && let Err(err) = crate::registry::Registry::from_url(&url)
+    {
+        problems.push(format!("`registry` (from file `{}`): {err}", path.display()));
     }
-}
-
-/// Injected faults.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FaultsConfig {
-    /// Added to every application call (not to health or reflection).
-    #[serde(with = "duration")]
-    pub delay: Duration,
-    /// Answer every application call with `UNAVAILABLE`.
-    pub unavailable: bool,
+    into_result(problems)
 }
 
 /// The layers, before they are turned into a [`Config`].
@@ -217,17 +160,18 @@ pub(crate) struct Layers {
 
 impl Layers {
     /// Stacks defaults, the file (if any), the `TRELLIS_*` environment
-    /// variables and the flags, in that order of precedence.
-    pub(crate) fn load(file: Option<&Path>, flags: Vec<(String, String)>) -> Result<Self, Error> {
+    /// variables and the flags, in that order of precedence, and checks every
+    /// key. Unknown sections are checked now against `own_sections` when the
+    /// service named its sections, and otherwise later with
+    /// [`check_sections`].
+    pub(crate) fn load(
+        path: Option<&Path>,
+        flags: Vec<(String, String)>,
+        own_sections: Option<&[&str]>,
+    ) -> Result<Self, Error> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(Error::Config(format!(
-                    "config file `{}` does not exist (check the path given to --config)",
-                    path.display()
-                )));
-            }
-            figment = figment.merge(Toml::file_exact(path));
+        if let Some(path) = path {
+            figment = figment.merge(file(path)?);
         }
         figment = figment.merge(
             Env::prefixed(ENV_PREFIX)
@@ -241,6 +185,7 @@ impl Layers {
             figment = figment.merge(Serialized::global(&key, parse_value(&value)));
         }
         let layers = Layers { figment };
+        into_result(layers.problems(own_sections)?)?;
         layers.config()?;
         Ok(layers)
     }
@@ -253,23 +198,183 @@ impl Layers {
     /// The section `key`, deserialized into `T` (a missing section is empty,
     /// so `#[serde(default)]` fields take their defaults).
     pub(crate) fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, Error> {
-        self.figment.focus(key).extract().map_err(|err| {
-            let messages: Vec<String> = err
-                .into_iter()
-                .map(|mut e| {
-                    e.path.insert(0, key.to_owned());
-                    describe(&e)
-                })
-                .collect();
-            Error::Config(messages.join("; "))
-        })
+        self.extract(key).map_err(|messages| Error::Config(messages.join("; ")))
+    }
+
+    /// The top-level keys that are neither the runtime's nor in
+    /// `own_sections`, where each came from, and whether it is a section.
+    pub(crate) fn unknown(&self, own_sections: &[&str]) -> Result<Vec<Unknown>, Error> {
+        let merged = self.figment.find_value("").map_err(config_error)?;
+        let Some(dict) = merged.into_dict() else {
+            return Ok(Vec::new());
+        };
+        let mut unknown = Vec::new();
+        for (key, value) in dict {
+            if Config::KEYS.contains(&key.as_str()) || own_sections.contains(&key.as_str()) {
+                continue;
+            }
+            let section = matches!(value, Value::Dict(..));
+            let mut leaves = Vec::new();
+            collect_leaves(&value, &mut vec![key.clone()], &mut leaves);
+            let mut sources: Vec<String> = Vec::new();
+            for (path, tag) in leaves {
+                let source = source(self.figment.get_metadata(tag), &path);
+                if !sources.contains(&source) {
+                    sources.push(source);
+                }
+            }
+            unknown.push(Unknown { key, section, sources });
+        }
+        Ok(unknown)
+    }
+
+    /// Every unknown key and every bad value of the runtime's own keys, one
+    /// message each. Unknown sections are included only when the service's
+    /// sections are known.
+    fn problems(&self, own_sections: Option<&[&str]>) -> Result<Vec<String>, Error> {
+        let unknown = self.unknown(own_sections.unwrap_or_default())?;
+        let reported = unknown.iter().filter(|u| own_sections.is_some() || !u.section);
+        let mut problems = describe_unknown(reported, own_sections.unwrap_or_default());
+        let mut check = |result: Result<(), Vec<String>>| problems.extend(result.err().into_iter().flatten());
+        check(self.check::<Listen>("listen"));
+        check(self.check::<String>("registry"));
+        check(self.check::<Option<String>>("advertise"));
+        check(self.check::<InstanceConfig>("instance"));
+        check(self.check::<LogConfig>("log"));
+        check(self.check::<ShutdownConfig>("shutdown"));
+        check(self.check::<ServerConfig>("server"));
+        check(self.check::<BTreeMap<String, ClientConfig>>("clients"));
+        check(self.check::<FaultsConfig>("faults"));
+        Ok(problems)
+    }
+
+    /// Whether the value at `key`, if there is one, is a `T`.
+    fn check<T: DeserializeOwned>(&self, key: &str) -> Result<(), Vec<String>> {
+        if self.figment.contains(key) { self.extract::<T>(key).map(drop) } else { Ok(()) }
+    }
+
+    /// The value at top-level `key` as a `T`: a section through its keys, so
+    /// that errors name them (`shutdown.drain_timeout`), a missing section as
+    /// an empty one.
+    fn extract<T: DeserializeOwned>(&self, key: &str) -> Result<T, Vec<String>> {
+        let section = match self.figment.find_value(key) {
+            Ok(value) => matches!(value, Value::Dict(..)),
+            Err(err) => err.missing(),
+        };
+        if section {
+            self.figment.focus(key).extract().map_err(|err| {
+                err.into_iter()
+                    .map(|mut e| {
+                        e.path.insert(0, key.to_owned());
+                        describe(&e)
+                    })
+                    .collect()
+            })
+        } else {
+            // A single key: figment names it in the error's path, but a
+            // custom error (`listen`) lacks the layer it came from.
+            self.figment.extract_inner(key).map_err(|err| {
+                err.into_iter()
+                    .map(|mut e| {
+                        if e.metadata.is_none() {
+                            e.metadata = self.figment.find_metadata(key).cloned();
+                        }
+                        describe(&e)
+                    })
+                    .collect()
+            })
+        }
     }
 }
 
+/// Rejects the `unknown` keys that are not in `sections` (the sections the
+/// service read or named), with the nearest known key or section for each.
+pub(crate) fn check_sections(unknown: &[Unknown], sections: &[&str]) -> Result<(), Error> {
+    let left = unknown.iter().filter(|u| !sections.contains(&u.key.as_str()));
+    into_result(describe_unknown(left, sections))
+}
+
+/// A top-level key that is not one of [`Config::KEYS`].
+#[derive(Debug, Clone)]
+pub(crate) struct Unknown {
+    key: String,
+    /// A table, which may be a service's own section.
+    section: bool,
+    /// Where it was set: `file `x.toml``, `environment variable TRELLIS_X`, ...
+    sources: Vec<String>,
+}
+
+/// One message per unknown key: "`key` (from SOURCE): unknown key; did you
+/// mean `nearest`?".
+fn describe_unknown<'a>(unknown: impl Iterator<Item = &'a Unknown>, sections: &[&str]) -> Vec<String> {
+    let mut known: Vec<&str> = Config::KEYS.iter().chain(sections).copied().collect();
+    known.sort_unstable();
+    known.dedup();
+    unknown
+        .map(|u| {
+            let what = if u.section { "section" } else { "key" };
+            let hint = match nearest(&u.key, &known) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!(
+                    "expected one of {}",
+                    known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            format!("`{}` (from {}): unknown {what}; {hint}", u.key, u.sources.join(" and "))
+        })
+        .collect()
+}
+
+/// The known key most like `key`, if one is alike enough to be a misspelling.
+fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(key, k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+/// The paths and tags of every value under `value` (an empty table counts
+/// as one).
+fn collect_leaves(value: &Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, Tag)>) {
+    match value {
+        Value::Dict(_, dict) if !dict.is_empty() => {
+            for (key, value) in dict {
+                path.push(key.clone());
+                collect_leaves(value, path, out);
+                path.pop();
+            }
+        }
+        _ => out.push((path.clone(), value.tag())),
+    }
+}
+
+fn into_result(problems: Vec<String>) -> Result<(), Error> {
+    if problems.is_empty() { Ok(()) } else { Err(Error::Config(problems.join("; "))) }
+}
+
+/// The file layer; a missing file is an error rather than an empty layer.
+fn file(path: &Path) -> Result<figment::providers::Data<Toml>, Error> {
+    if !path.is_file() {
+        return Err(Error::Config(format!(
+            "config file `{}` does not exist (check the path given to --config)",
+            path.display()
+        )));
+    }
+    Ok(Toml::file_exact(path))
+}
+
+/// `listen`, checked on its own.
+#[derive(Deserialize)]
+#[expect(dead_code, reason = "only deserialized, to check the value")]
+#[serde(transparent)]
+struct Listen(#[serde(with = "listen_addr")] SocketAddr);
+
 /// A flag's value: a TOML scalar (`5`, `true`) when it parses as one,
 /// otherwise the string as given.
-fn parse_value(raw: &str) -> figment::value::Value {
-    raw.parse::<figment::value::Value>().unwrap_or_else(|_| raw.into())
+fn parse_value(raw: &str) -> Value {
+    raw.parse::<Value>().unwrap_or_else(|_| raw.into())
 }
 
 fn config_error(err: figment::Error) -> Error {
@@ -280,7 +385,10 @@ fn config_error(err: figment::Error) -> Error {
 /// One error as "`key` (from SOURCE): what is wrong; what is accepted".
 fn describe(err: &figment::Error) -> String {
     use figment::error::Kind;
-    let key = err.path.join(".");
+    // Service names contain dots: `clients."a.v1.A".balance`, as in TOML.
+    let key: Vec<String> =
+        err.path.iter().map(|k| if k.contains('.') { format!("\"{k}\"") } else { k.clone() }).collect();
+    let key = key.join(".");
     let what = if key.is_empty() { "configuration".to_owned() } else { format!("`{key}`") };
     let one_of = |options: &[&str]| options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
     let problem = match &err.kind {
@@ -290,23 +398,31 @@ fn describe(err: &figment::Error) -> String {
         Kind::UnknownField(found, []) => {
             format!("unknown field `{found}`; this section takes no settings")
         }
-        Kind::UnknownField(found, expected) => {
-            format!("unknown field `{found}`; expected one of {}", one_of(expected))
-        }
+        Kind::UnknownField(found, expected) => match nearest(found, expected) {
+            Some(near) => format!("unknown field `{found}`; did you mean `{near}`?"),
+            None => format!("unknown field `{found}`; expected one of {}", one_of(expected)),
+        },
         Kind::InvalidType(actual, expected) => format!("found {actual}, expected {expected}"),
         other => other.to_string(),
     };
-    let source = err.metadata.as_ref().map(|meta| match &meta.source {
-        Some(figment::Source::File(path)) => format!("file `{}`", path.display()),
-        _ if meta.name.contains("environment") => {
-            format!("environment variable {ENV_PREFIX}{}", err.path.join("__").to_uppercase())
-        }
-        // Defaults cannot be wrong, so anything else came from a flag.
-        _ => "the command line".to_owned(),
-    });
-    match source {
-        Some(source) => format!("{what} (from {source}): {problem}"),
+    match &err.metadata {
+        Some(meta) => format!("{what} (from {}): {problem}", source(Some(meta), &err.path)),
         None => format!("{what}: {problem}"),
+    }
+}
+
+/// Where the value at `path` was set, from its layer's metadata.
+fn source(meta: Option<&figment::Metadata>, path: &[String]) -> String {
+    match meta {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(file)) => format!("file `{}`", file.display()),
+            _ if meta.name.contains("environment") => {
+                format!("environment variable {ENV_PREFIX}{}", path.join("__").to_uppercase())
+            }
+            // Defaults cannot be wrong, so anything else came from a flag.
+            _ => "the command line".to_owned(),
+        },
+        None => "the command line".to_owned(),
     }
 }
 
@@ -335,13 +451,185 @@ mod listen_addr {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn load(toml: &str) -> Result<Config, Error> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trellis.toml");
         std::fs::write(&path, toml).unwrap();
-        Layers::load(Some(&path), Vec::new())?.config()
+        Layers::load(Some(&path), Vec::new(), None)?.config()
+    }
+
+    /// Writes `toml` to `trellis.toml` in a new directory.
+    fn file(toml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trellis.toml");
+        std::fs::write(&path, toml).unwrap();
+        (dir, path)
+    }
+
+    fn flags(flags: &[(&str, &str)]) -> Vec<(String, String)> {
+        flags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn message(err: Error) -> String {
+        match err {
+            Error::Config(message) => message,
+            other => panic!("expected a configuration error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_the_fields_of_config() {
+        let config = Config { advertise: Some("10.0.0.7".to_owned()), ..Config::default() };
+        let value = Value::serialize(&config).unwrap();
+        let mut fields: Vec<&str> = value.as_dict().unwrap().keys().map(String::as_str).collect();
+        let mut keys = Config::KEYS.to_vec();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_names_the_file_and_the_nearest_key() {
+        let (_dir, path) = file("registy = \"etcd://10.0.0.5:2379\"\n");
+        let err = message(Layers::load(Some(&path), Vec::new(), None).unwrap_err());
+        assert_eq!(
+            err,
+            format!("`registy` (from file `{}`): unknown key; did you mean `registry`?", path.display())
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_from_a_flag_names_the_command_line() {
+        let err = message(Layers::load(None, flags(&[("lisen", "0.0.0.0:1")]), None).unwrap_err());
+        assert_eq!(err, "`lisen` (from the command line): unknown key; did you mean `listen`?");
+    }
+
+    #[test]
+    fn a_key_like_nothing_known_lists_the_known_keys() {
+        let err = message(Layers::load(None, flags(&[("colour", "blue")]), None).unwrap_err());
+        assert!(err.starts_with("`colour` (from the command line): unknown key; expected one of "), "{err}");
+        for key in Config::KEYS {
+            assert!(err.contains(&format!("`{key}`")), "{key} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_section_waits_for_the_service_then_names_its_source() {
+        let (_dir, path) = file("[shutdwn]\ndrain_timeout = \"30s\"\n");
+        let layers = Layers::load(Some(&path), flags(&[("nosuch.key", "1")]), None).unwrap();
+        let unknown = layers.unknown(&[]).unwrap();
+        let err = message(check_sections(&unknown, &[]).unwrap_err());
+        let shutdwn =
+            format!("`shutdwn` (from file `{}`): unknown section; did you mean `shutdown`?", path.display());
+        assert!(err.contains(&shutdwn), "{err}");
+        assert!(err.contains("`nosuch` (from the command line): unknown section; expected one of "), "{err}");
+
+        // Once the service reads `nosuch`, only the misspelling is left.
+        assert_eq!(message(check_sections(&unknown, &["nosuch"]).unwrap_err()), shutdwn);
+        check_sections(&unknown, &["nosuch", "shutdwn"]).unwrap();
+    }
+
+    #[test]
+    fn a_section_set_in_two_layers_names_both() {
+        let (_dir, path) = file("[paymnt]\ndatabase = \"p.sqlite3\"\n");
+        let layers = Layers::load(Some(&path), flags(&[("paymnt.pool", "4")]), None).unwrap();
+        let err = message(check_sections(&layers.unknown(&[]).unwrap(), &["payment"]).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "`paymnt` (from file `{}` and the command line): unknown section; did you mean `payment`?",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn named_sections_are_checked_at_load_and_read_as_sections() {
+        #[derive(Debug, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        struct Payment {
+            database: String,
+        }
+        let (_dir, path) = file("[payment]\ndatabase = \"p.sqlite3\"\n");
+        let layers = Layers::load(Some(&path), Vec::new(), Some(&["payment"])).unwrap();
+        assert!(layers.unknown(&["payment"]).unwrap().is_empty());
+        assert_eq!(layers.section::<Payment>("payment").unwrap(), Payment { database: "p.sqlite3".into() });
+
+        let err = message(Layers::load(Some(&path), Vec::new(), Some(&["status"])).unwrap_err());
+        assert!(err.starts_with("`payment` (from file"), "{err}");
+        assert!(err.ends_with("unknown section; expected one of `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`"), "{err}");
+    }
+
+    #[test]
+    fn a_section_given_as_a_value_is_a_type_error() {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        struct Payment {
+            database: String,
+        }
+        let layers = Layers::load(None, flags(&[("payment", "x")]), Some(&["payment"])).unwrap();
+        let err = message(layers.section::<Payment>("payment").unwrap_err());
+        assert!(err.starts_with("`payment` (from the command line): found string \"x\""), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_field_suggests_the_nearest() {
+        let err = message(Layers::load(None, flags(&[("shutdown.drain_timout", "5s")]), None).unwrap_err());
+        assert_eq!(
+            err,
+            "`shutdown.drain_timout` (from the command line): unknown field `drain_timout`; \
+             did you mean `drain_timeout`?"
+        );
+    }
+
+    #[test]
+    fn check_file_accepts_a_good_file() {
+        let (_dir, path) = file(
+            "listen = \"0.0.0.0:50051\"\nregistry = \"static://order.payment.v1.OrderPayment=127.0.0.1:1\"\n\
+             [shutdown]\ndrain_timeout = \"30s\"\n[log]\nformat = \"json\"\n\
+             [clients.\"order.payment.v1.OrderPayment\"]\nbalance = \"round_robin\"\n\
+             [clients.\"order.payment.v1.OrderPayment\".methods.Pay]\ntimeout = \"250ms\"\n\
+             [payment]\ndatabase = \"p.sqlite3\"\n",
+        );
+        check_file(&path, &["payment"]).unwrap();
+    }
+
+    #[test]
+    fn check_file_reports_every_problem() {
+        let (_dir, path) = file(
+            "registy = \"local://\"\nlisten = \"nowhere\"\n\
+             [shutdwn]\ndrain_timeout = \"30s\"\n[shutdown]\ndrain_timeout = \"soon\"\n\
+             [log]\nformat = \"xml\"\n[clients.\"a.v1.A\"]\nbalance = \"random\"\n\
+             [payment]\ndatabase = \"p.sqlite3\"\n",
+        );
+        let err = message(check_file(&path, &["payment"]).unwrap_err());
+        let from = format!("(from file `{}`)", path.display());
+        for needle in [
+            format!("`registy` {from}: unknown key; did you mean `registry`?"),
+            format!("`shutdwn` {from}: unknown section; did you mean `shutdown`?"),
+            format!("`listen` {from}: `nowhere` is not an address"),
+            format!("`shutdown.drain_timeout` {from}"),
+            format!("`log.format` {from}: `xml` is not accepted"),
+            format!("`clients.\"a.v1.A\".balance` {from}: `random` is not accepted"),
+        ] {
+            assert!(err.contains(&needle), "{needle:?} missing from {err}");
+        }
+        assert!(!err.contains("payment"), "{err}");
+        assert_eq!(err.matches(&from).count(), 6, "one message per problem: {err}");
+    }
+
+    #[test]
+    fn check_file_checks_the_registry_url() {
+        let (_dir, path) = file("registry = \"zookeeper://x:1\"\n");
+        let err = message(check_file(&path, &[]).unwrap_err());
+        assert!(err.starts_with("`registry` (from file"), "{err}");
+        assert!(err.contains("zookeeper://x:1") && err.contains("scheme"), "{err}");
+        let missing = path.with_file_name("missing.toml");
+        assert!(message(check_file(&missing, &[]).unwrap_err()).contains("does not exist"));
     }
 
     #[test]

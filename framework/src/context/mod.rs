@@ -10,14 +10,10 @@
 //! in `join!`/`select!` inside it) but not in tasks the handler spawns; wrap
 //! those with [`RequestContext::scope`] to carry it over.
 
-mod timeout;
-
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-pub use timeout::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout};
 
 /// Kept back from an inherited deadline, to leave the caller time to receive
 /// and pass on the answer.

@@ -93,12 +93,16 @@ mod service {
     use super::route::{Lookup, Matched, Routes};
     use super::status::{error_json, error_response, json_response};
     use super::transcode::{grpc_frame, next_frame, request_message, response_json, status_of};
-    use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout};
     use crate::descriptor::{ServiceDescriptor, StreamingKind};
     use crate::error::{BoxError, Error};
+    use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout};
 
     /// The largest request body the gateway reads.
     const MAX_BODY: usize = 4 * 1024 * 1024;
+
+    /// The deadline of a unary call that sets none, the same as the client
+    /// stack's default (`client::DEFAULT_TIMEOUT`, a floor above).
+    const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// The header whose value fills a request's `idempotency_key` field.
     const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -447,7 +451,7 @@ mod service {
             }
             (None, None) => method.policy().timeout().or_else(|| {
                 // As the client stack does; a stream runs until it ends.
-                (method.kind() == StreamingKind::Unary).then_some(crate::client::DEFAULT_TIMEOUT)
+                (method.kind() == StreamingKind::Unary).then_some(DEFAULT_TIMEOUT)
             }),
         };
         if let Some(value) = timeout.and_then(|t| HeaderValue::from_str(&encode_grpc_timeout(t)).ok()) {

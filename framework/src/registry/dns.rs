@@ -26,24 +26,18 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::poll::{Pace, Source, follow};
+use super::types::{Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, Resolution, unreachable};
+use super::url::Target;
+use crate::error::Error;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData};
-use tokio::sync::watch;
-
-use super::url::query;
-use super::{
-    Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, OutageLog, Resolution, publish, unreachable,
-};
-use crate::error::Error;
-
-const EXPECTED: &str = "expected dns://[SERVER:PORT/]NAME[:PORT][?interval=5s]";
 
 /// How often names are resolved again, unless `interval` says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -84,16 +78,16 @@ enum Records {
 }
 
 impl Dns {
-    pub(super) fn parse(url: &str, rest: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Registry { url: url.to_owned(), reason };
-        let (target, pairs) = query(rest);
+    pub(super) fn parse(url_target: &Target<'_>) -> Result<Self, Error> {
+        let (url, err) = (url_target.url, |reason: String| url_target.error(reason));
+        let (target, pairs) = url_target.query();
         let (server, target) = match target.split_once('/') {
             None => (None, target),
             Some((server, target)) => {
                 let server = server.parse::<SocketAddr>().map_err(|_| {
                     err(format!(
                         "`{server}` is not a DNS server address: expected IP:PORT such as 10.0.0.2:53 \
-                         or [fd00::2]:53; {EXPECTED}"
+                         or [fd00::2]:53"
                     ))
                 })?;
                 (Some(server), target)
@@ -103,10 +97,10 @@ impl Dns {
             None => (target, None),
             Some((name, port)) => match port.parse::<u16>() {
                 Ok(port) if port != 0 => (name, Some(port)),
-                _ => return Err(err(format!("`{port}` is not a port from 1 to 65535; {EXPECTED}"))),
+                _ => return Err(err(format!("`{port}` is not a port from 1 to 65535"))),
             },
         };
-        check_name(name).map_err(|why| err(format!("`{name}` is not a DNS name ({why}); {EXPECTED}")))?;
+        check_name(name).map_err(|why| err(format!("`{name}` is not a DNS name ({why})")))?;
         let records = match (name.starts_with('_'), port) {
             (false, Some(port)) => Records::Ip { port },
             (true, None) => Records::Srv,
@@ -114,13 +108,13 @@ impl Dns {
                 return Err(err(format!(
                     "`{name}` has no port: A/AAAA records give addresses only, so write one, as in \
                      dns://payment.default.svc:50051, or use an SRV name such as \
-                     _grpc._tcp.payment.default.svc; {EXPECTED}"
+                     _grpc._tcp.payment.default.svc"
                 )));
             }
             (true, Some(_)) => {
                 return Err(err(format!(
                     "`{name}` is an SRV name (it starts with `_`), whose records give the ports: \
-                     remove `:PORT`; {EXPECTED}"
+                     remove `:PORT`"
                 )));
             }
         };
@@ -282,36 +276,31 @@ impl Backend for Dns {
         let service = service.to_owned();
         Box::pin(async move {
             let name = self.name_for(&service)?;
-            let resolver = self.resolver()?;
-            let records = self.records;
-            let first = lookup(&resolver, &name, records, &service)
+            let source =
+                Lookup { resolver: self.resolver()?, name, records: self.records, service: service.clone() };
+            let what = format!("resolving {service} in {}", self.url);
+            let name = source.name.clone();
+            follow(service, what, Pace::every(self.interval), source)
                 .await
-                .map_err(|e| unreachable(&self.url, format!("looking up {name}: {e}"), FIX))?;
-            let (tx, rx) = watch::channel(Arc::from(Vec::new()));
-            publish(&tx, first);
-            let (interval, what) = (self.interval, format!("resolving {service} in {}", self.url));
-            let task = {
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let mut outage = OutageLog::new(what);
-                    let mut ticks = tokio::time::interval(interval);
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    // The first tick completes at once: that lookup is done.
-                    ticks.tick().await;
-                    loop {
-                        ticks.tick().await;
-                        match lookup(&resolver, &name, records, &service).await {
-                            Ok(instances) => {
-                                outage.succeeded();
-                                publish(&tx, instances);
-                            }
-                            Err(e) => outage.failed(&e, "keeping the last known instances"),
-                        }
-                    }
-                })
-            };
-            Ok(Resolution::new(service, rx, task))
+                .map_err(|e| unreachable(&self.url, format!("looking up {name}: {e}"), FIX))
         })
+    }
+}
+
+/// The lookups of one service's records.
+#[derive(Debug)]
+struct Lookup {
+    resolver: TokioResolver,
+    name: Name,
+    records: Records,
+    service: String,
+}
+
+impl Source for Lookup {
+    type Error = NetError;
+
+    async fn fetch(&mut self) -> Result<Option<Vec<Instance>>, NetError> {
+        lookup(&self.resolver, &self.name, self.records, &self.service).await.map(Some)
     }
 }
 
@@ -320,7 +309,8 @@ mod tests {
     use super::*;
 
     fn parse(url: &str) -> Result<Dns, Error> {
-        Dns::parse(url, url.strip_prefix("dns://").unwrap_or(url))
+        let rest = url.strip_prefix("dns://").unwrap_or(url);
+        Dns::parse(&Target { url, rest, form: "dns://[SERVER:PORT/]NAME[:PORT][?interval=5s]" })
     }
 
     #[test]

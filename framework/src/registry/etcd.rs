@@ -28,23 +28,16 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::url::{parse_endpoint, query};
-use super::{
-    AbortOnDrop, Backend, BoxFuture, DEFAULT_TTL, Instance, Lease, OutageLog, Resolution, publish,
-    unreachable,
-};
+use super::poll::{KEEPING, OutageLog, publish};
+use super::types::{AbortOnDrop, Backend, BoxFuture, DEFAULT_TTL, Instance, Lease, Resolution, unreachable};
+use super::url::{Target, parse_endpoint};
 use crate::error::Error;
-
-const EXPECTED: &str = "expected etcd://HOST:PORT[,HOST:PORT...][?ttl=3s&prefix=/trellis]";
 
 /// Where keys go unless `prefix` says otherwise.
 const DEFAULT_PREFIX: &str = "/trellis";
 
 /// What to check when etcd cannot be reached.
 const FIX: &str = "check the etcd address and that etcd is running";
-
-/// What a resolution does while etcd cannot be reached.
-const KEEPING: &str = "keeping the last known instances";
 
 /// The longest lease etcd grants.
 const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
@@ -85,14 +78,12 @@ pub(super) struct Etcd {
 }
 
 impl Etcd {
-    pub(super) fn parse(url: &str, rest: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Registry { url: url.to_owned(), reason };
-        let (members, pairs) = query(rest);
+    pub(super) fn parse(target: &Target<'_>) -> Result<Self, Error> {
+        let (url, err) = (target.url, |reason: String| target.error(reason));
+        let (members, pairs) = target.query();
         let endpoints = members
             .split(',')
-            .map(|addr| {
-                parse_endpoint(addr.trim()).map(|e| e.uri()).map_err(|e| err(format!("{e}; {EXPECTED}")))
-            })
+            .map(|addr| parse_endpoint(addr.trim()).map(|e| e.uri()).map_err(&err))
             .collect::<Result<Vec<_>, _>>()?;
         let mut etcd = Etcd {
             url: url.to_owned(),
@@ -312,13 +303,13 @@ impl Lease for EtcdLease {
     }
 }
 
-/// The key and instance in `kv`; `None` (logged) if the value is not an instance.
+/// The key and instance in `kv`; `None` (with a warning) if the value is not an instance.
 fn decode(kv: &KeyValue) -> Option<(String, Instance)> {
     let key = String::from_utf8_lossy(kv.key()).into_owned();
     match serde_json::from_slice(kv.value()) {
         Ok(instance) => Some((key, instance)),
         Err(e) => {
-            tracing::debug!(key, "skipping unreadable registry entry: {e}");
+            tracing::warn!(key, "skipping a registry entry that cannot be read: {e}");
             None
         }
     }
@@ -457,7 +448,8 @@ mod tests {
     use super::*;
 
     fn parse(url: &str) -> Result<Etcd, Error> {
-        Etcd::parse(url, url.strip_prefix("etcd://").unwrap_or(url))
+        let rest = url.strip_prefix("etcd://").unwrap_or(url);
+        Etcd::parse(&Target { url, rest, form: "etcd://HOST:PORT" })
     }
 
     #[test]

@@ -2,11 +2,9 @@
 
 use std::collections::HashMap;
 
-use super::url::parse_endpoint;
-use super::{Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, Resolution};
+use super::types::{Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, Resolution};
+use super::url::{Target, parse_endpoint};
 use crate::error::Error;
-
-const EXPECTED: &str = "expected static://SERVICE=HOST:PORT[,HOST:PORT...][;SERVICE=...]";
 
 /// Endpoints written in the URL. Registering does nothing: the endpoints
 /// are whatever the URL says.
@@ -16,12 +14,12 @@ pub(super) struct Fixed {
 }
 
 impl Fixed {
-    pub(super) fn parse(url: &str, rest: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Registry { url: url.to_owned(), reason };
+    pub(super) fn parse(target: &Target<'_>) -> Result<Self, Error> {
+        let err = |reason: String| target.error(reason);
         let mut services = HashMap::new();
-        for entry in rest.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in target.rest.split(';').map(str::trim).filter(|e| !e.is_empty()) {
             let (service, addrs) =
-                entry.split_once('=').ok_or_else(|| err(format!("`{entry}` has no `=`; {EXPECTED}")))?;
+                entry.split_once('=').ok_or_else(|| err(format!("`{entry}` has no `=`")))?;
             let service = service.trim();
             if service.is_empty() || !service.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '_') {
                 return Err(err(format!(
@@ -75,13 +73,17 @@ impl Backend for Fixed {
 mod tests {
     use super::*;
 
+    fn parse(url: &str, rest: &str) -> Result<Fixed, Error> {
+        Fixed::parse(&Target { url, rest, form: "static://SERVICE=HOST:PORT" })
+    }
+
     #[test]
     fn parses_services_and_endpoints() {
-        let fixed = Fixed::parse("u", "a.v1.A=127.0.0.1:1,localhost:2;b.B=[::1]:3").unwrap();
+        let fixed = parse("u", "a.v1.A=127.0.0.1:1,localhost:2;b.B=[::1]:3").unwrap();
         let a: Vec<String> = fixed.services["a.v1.A"].iter().map(ToString::to_string).collect();
         assert_eq!(a, ["127.0.0.1:1", "localhost:2"]);
         assert_eq!(fixed.services["b.B"][0].uri(), "http://[::1]:3");
-        assert!(Fixed::parse("u", "").unwrap().services.is_empty());
+        assert!(parse("u", "").unwrap().services.is_empty());
     }
 
     #[test]
@@ -93,14 +95,14 @@ mod tests {
             ("a/A=h:1", "not a full service name"),
         ] {
             let url = format!("static://{rest}");
-            let msg = Fixed::parse(&url, rest).unwrap_err().to_string();
+            let msg = parse(&url, rest).unwrap_err().to_string();
             assert!(msg.contains(&url) && msg.contains(needle), "{url}: {msg}");
         }
     }
 
     #[tokio::test]
     async fn resolves_what_the_url_says() {
-        let fixed = Fixed::parse("u", "a.A=127.0.0.1:1,127.0.0.1:2").unwrap();
+        let fixed = parse("u", "a.A=127.0.0.1:1,127.0.0.1:2").unwrap();
         let resolution = fixed.resolve("a.A").await.unwrap();
         assert_eq!(resolution.endpoints().len(), 2);
         assert!(fixed.resolve("b.B").await.unwrap().current().is_empty());

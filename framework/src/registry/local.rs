@@ -10,18 +10,14 @@
 //! a minute. Nothing needs to run; the default directory is
 //! `$TMPDIR/trellis-registry-<uid>`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
-
-use super::url::query;
-use super::{AbortOnDrop, Backend, BoxFuture, Instance, Lease, OutageLog, Resolution, publish, unreachable};
+use super::poll::{Pace, Source, follow, renew};
+use super::types::{AbortOnDrop, Backend, BoxFuture, DEFAULT_TTL, Instance, Lease, Resolution, unreachable};
+use super::url::Target;
 use crate::error::Error;
-
-/// How long an entry outlives its last heartbeat.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
 
 /// How often readers scan the directory.
 const DEFAULT_POLL: Duration = Duration::from_millis(100);
@@ -39,11 +35,11 @@ pub(super) struct Local {
 }
 
 impl Local {
-    pub(super) fn parse(url: &str, rest: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Registry { url: url.to_owned(), reason };
-        let (path, pairs) = query(rest);
+    pub(super) fn parse(target: &Target<'_>) -> Result<Self, Error> {
+        let err = |reason: String| target.error(reason);
+        let (path, pairs) = target.query();
         let mut local = Local {
-            url: url.to_owned(),
+            url: target.url.to_owned(),
             dir: if path.is_empty() { default_dir() } else { PathBuf::from(path) },
             ttl: DEFAULT_TTL,
             poll: DEFAULT_POLL,
@@ -94,16 +90,20 @@ fn heartbeat(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// What a scan found: the live instances, and the entries that could not
+/// be read, with why.
+type Scanned = (Vec<Instance>, Vec<(PathBuf, String)>);
+
 /// The live instances in `dir`: entries renewed within `ttl`. Deletes entries
 /// stale for longer than [`STALE_GRACE`].
-fn scan(dir: &Path, ttl: Duration) -> std::io::Result<Vec<Instance>> {
+fn scan(dir: &Path, ttl: Duration) -> std::io::Result<Scanned> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(e),
     };
     let now = SystemTime::now();
-    let mut instances = Vec::new();
+    let (mut instances, mut unreadable) = (Vec::new(), Vec::new());
     for entry in entries {
         let path = entry?.path();
         if path.extension().is_none_or(|ext| ext != "json") {
@@ -121,10 +121,10 @@ fn scan(dir: &Path, ttl: Duration) -> std::io::Result<Vec<Instance>> {
         let Ok(bytes) = std::fs::read(&path) else { continue };
         match serde_json::from_slice::<Instance>(&bytes) {
             Ok(instance) => instances.push(instance),
-            Err(e) => tracing::debug!(path = %path.display(), "skipping unreadable registry entry: {e}"),
+            Err(e) => unreadable.push((path, e.to_string())),
         }
     }
-    Ok(instances)
+    Ok((instances, unreadable))
 }
 
 /// A registration in a `local://` directory.
@@ -177,78 +177,74 @@ impl Backend for Local {
                 }
                 Err(e) => return Err(unreachable(&self.url, e, fix)),
             }
-            let (every, entry) = (self.ttl / 3, path.clone());
             let what = format!("renewing {} in {}", instance.service, self.url);
-            let task = tokio::spawn(async move {
-                let mut outage = OutageLog::new(what);
-                let mut ticks = tokio::time::interval(every);
-                ticks.tick().await;
-                loop {
-                    ticks.tick().await;
-                    let (entry, contents) = (entry.clone(), contents.clone());
+            let entry = path.clone();
+            let heartbeat = renew(what, self.ttl / 3, move || {
+                let (entry, contents) = (entry.clone(), contents.clone());
+                async move {
                     match tokio::task::spawn_blocking(move || heartbeat(&entry, &contents)).await {
-                        Ok(Ok(())) => outage.succeeded(),
-                        Ok(Err(e)) => outage.failed(&e, "retrying"),
-                        Err(e) => outage.failed(&e, "retrying"),
+                        Ok(renewed) => renewed.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
                     }
                 }
             });
-            Ok(Box::new(LocalLease { path, _heartbeat: AbortOnDrop(task) }) as Box<dyn Lease>)
+            Ok(Box::new(LocalLease { path, _heartbeat: heartbeat }) as Box<dyn Lease>)
         })
     }
 
     fn resolve(&self, service: &str) -> BoxFuture<'_, Result<Resolution, Error>> {
-        let dir = self.service_dir(service);
-        let (ttl, poll, url, service) = (self.ttl, self.poll, self.url.clone(), service.to_owned());
+        let source = Scan { dir: self.service_dir(service), ttl: self.ttl, warned: HashSet::new() };
+        let (service, what) = (service.to_owned(), format!("resolving {service} in {}", self.url));
         Box::pin(async move {
-            let first = {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || scan(&dir, ttl)).await
-            };
-            let first = match first {
-                Ok(Ok(instances)) => instances,
-                Ok(Err(e)) => {
-                    return Err(unreachable(
-                        &url,
-                        format!("cannot read {}: {e}", dir.display()),
-                        "check the directory",
-                    ));
-                }
-                Err(e) => return Err(unreachable(&url, e, "check the directory")),
-            };
-            let (tx, rx) = watch::channel(Arc::from(Vec::new()));
-            publish(&tx, first);
-            let what = format!("resolving {service} in {url}");
-            let task = tokio::spawn(async move {
-                let mut outage = OutageLog::new(what);
-                let mut ticks = tokio::time::interval(poll);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    let dir = dir.clone();
-                    match tokio::task::spawn_blocking(move || scan(&dir, ttl)).await {
-                        Ok(Ok(instances)) => {
-                            outage.succeeded();
-                            publish(&tx, instances);
-                        }
-                        Ok(Err(e)) => outage.failed(&e, "keeping the last known instances"),
-                        Err(e) => outage.failed(&e, "keeping the last known instances"),
+            let dir = source.dir.clone();
+            follow(service, what, Pace::every(self.poll), source).await.map_err(|e| {
+                unreachable(&self.url, format!("cannot read {}: {e}", dir.display()), "check the directory")
+            })
+        })
+    }
+}
+
+/// The live entries of one service's directory.
+#[derive(Debug)]
+struct Scan {
+    dir: PathBuf,
+    ttl: Duration,
+    /// Unreadable entries already warned about.
+    warned: HashSet<PathBuf>,
+}
+
+impl Source for Scan {
+    type Error = String;
+
+    async fn fetch(&mut self) -> Result<Option<Vec<Instance>>, String> {
+        let (dir, ttl) = (self.dir.clone(), self.ttl);
+        match tokio::task::spawn_blocking(move || scan(&dir, ttl)).await {
+            Ok(Ok((instances, unreadable))) => {
+                for (path, why) in unreadable {
+                    if !self.warned.contains(&path) {
+                        tracing::warn!(path = %path.display(), "skipping a registry entry that cannot be read: {why}");
+                        self.warned.insert(path);
                     }
                 }
-            });
-            Ok(Resolution::new(service, rx, task))
-        })
+                Ok(Some(instances))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Endpoint, Metadata};
+    use crate::registry::types::{Endpoint, Metadata};
+
+    fn parse(url: &str) -> Result<Local, Error> {
+        Local::parse(&Target { url, rest: &url["local://".len()..], form: "local://[DIR]" })
+    }
 
     fn local(dir: &Path, query: &str) -> Local {
-        let url = format!("local://{}{query}", dir.display());
-        Local::parse(&url, &url["local://".len()..]).unwrap()
+        parse(&format!("local://{}{query}", dir.display())).unwrap()
     }
 
     fn instance(port: u16) -> Instance {
@@ -282,13 +278,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.json");
         std::fs::write(&path, serde_json::to_vec(&instance(3)).unwrap()).unwrap();
-        assert_eq!(scan(dir.path(), DEFAULT_TTL).unwrap().len(), 1);
+        assert_eq!(scan(dir.path(), DEFAULT_TTL).unwrap().0.len(), 1);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_modified(SystemTime::now() - Duration::from_secs(10)).unwrap();
-        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().is_empty());
+        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().0.is_empty());
         assert!(path.exists(), "kept during the grace period");
         file.set_modified(SystemTime::now() - STALE_GRACE - Duration::from_secs(10)).unwrap();
-        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().is_empty());
+        assert!(scan(dir.path(), DEFAULT_TTL).unwrap().0.is_empty());
         assert!(!path.exists(), "collected after the grace period");
     }
 
@@ -299,10 +295,10 @@ mod tests {
         assert_eq!((ok.ttl, ok.poll), (Duration::from_secs(1), Duration::from_millis(50)));
         for bad in ["?ttl=soon", "?ttl=0s", "?color=red"] {
             let url = format!("local://{}{bad}", dir.path().display());
-            let msg = Local::parse(&url, &url["local://".len()..]).unwrap_err().to_string();
+            let msg = parse(&url).unwrap_err().to_string();
             assert!(msg.contains(&url), "{msg}");
         }
-        assert!(Local::parse("local://", "").unwrap().dir.ends_with(default_dir().file_name().unwrap()));
+        assert!(parse("local://").unwrap().dir.ends_with(default_dir().file_name().unwrap()));
     }
 
     #[tokio::test]

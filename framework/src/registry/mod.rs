@@ -5,6 +5,8 @@
 //! | `local://[DIR]` | the default: a directory of leased entries on this machine; nothing to run |
 //! | `etcd://HOST:PORT[,HOST:PORT...]` | etcd v3, for clusters (cargo feature `etcd`) |
 //! | `dns://[SERVER:PORT/]NAME[:PORT][?interval=5s]` | A/AAAA or SRV records, re-resolved periodically; read-only (cargo feature `dns`, on by default) |
+//! | `consul://HOST:PORT` | a Consul agent's HTTP API: TTL or gRPC health checks, blocking queries (cargo feature `consul`) |
+//! | `eureka://HOST:PORT/PATH` | a Eureka server's REST API, Netflix (`/eureka/v2`) or Spring Cloud (`/eureka`) (cargo feature `eureka`) |
 //! | `static://SERVICE=HOST:PORT[,HOST:PORT...][;SERVICE=...]` | fixed endpoints |
 //!
 //! Both sides use the same [`Registry`]: a server [registers](Registry::register)
@@ -16,320 +18,52 @@
 //! When the registry becomes unreachable, a resolution keeps the last
 //! instances it knew, and a registration keeps trying to renew itself; each
 //! logs the outage once and the recovery once.
+//!
+//! The Consul and Eureka backends are tested against in-process fakes of
+//! the parts of those APIs they use (`tests/src/fakes`, each listing what it
+//! does not model), and the fakes are checked with third-party clients that
+//! were written against the real servers: `py-consul`, `py-eureka-client`
+//! and `eureka-js-client`. No test here runs a real Consul agent or Eureka
+//! server.
+//!
+//! Inside this module: `types` holds what every backend shares (imported by
+//! the backends, importing none of them); `url` reads URLs; `poll` holds the
+//! background loops (following by polling, renewing, outage logging);
+//! `http` is the HTTP client of Consul and Eureka; `schemes` is the scheme
+//! table, the one place that names every backend. Nothing below `schemes`
+//! imports it, and nothing imports this file but through its re-exports.
 
+#[cfg(feature = "consul")]
+mod consul;
 #[cfg(feature = "dns")]
 mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "eureka")]
+mod eureka;
 mod fixed;
+#[cfg(any(feature = "consul", feature = "eureka"))]
+mod http;
 mod local;
+mod poll;
+mod schemes;
+mod types;
 mod url;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-use tower::discover::Change;
-
-use crate::config::ClientConfig;
 use crate::error::Error;
 
-pub use local::DEFAULT_TTL;
+pub(crate) use types::AbortOnDrop;
+pub use types::{Backend, BoxFuture, DEFAULT_TTL, Endpoint, Instance, Lease, Metadata, Resolution, Scheme};
 pub(crate) use url::parse_endpoint;
 
-/// A boxed, sendable future, as [`Backend`] methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Where one instance listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Endpoint {
-    host: String,
-    port: u16,
-}
-
-impl Endpoint {
-    /// An endpoint at `host` (a name or an IP address, without brackets) and `port`.
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Endpoint { host: host.into(), port }
-    }
-
-    /// The host, a name or an IP address.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The `http://` URI a gRPC channel connects to.
-    pub fn uri(&self) -> String {
-        format!("http://{self}")
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl From<std::net::SocketAddr> for Endpoint {
-    fn from(addr: std::net::SocketAddr) -> Self {
-        Endpoint { host: addr.ip().to_string(), port: addr.port() }
-    }
-}
-
-/// What an instance says about itself besides its address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Metadata {
-    /// The version of the service binary.
-    pub version: Option<String>,
-    /// The zone (rack, availability zone) the instance runs in.
-    pub zone: Option<String>,
-    /// Relative share of traffic; 100 is normal.
-    pub weight: u32,
-    /// Anything else.
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Default for Metadata {
-    fn default() -> Self {
-        Metadata { version: None, zone: None, weight: 100, labels: BTreeMap::new() }
-    }
-}
-
-/// One registered instance of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instance {
-    /// Unique among the instances of the service; chosen by the instance.
-    pub id: String,
-    /// The full service name, such as `order.payment.v1.OrderPayment`.
-    pub service: String,
-    /// Where it listens.
-    pub endpoint: Endpoint,
-    /// Version, zone, weight and labels.
-    #[serde(default)]
-    pub metadata: Metadata,
-}
-
-impl Instance {
-    /// An instance of `service` at `endpoint`, with a fresh unique id.
-    pub fn new(service: impl Into<String>, endpoint: Endpoint, metadata: Metadata) -> Self {
-        Instance { id: unique_id(&endpoint), service: service.into(), endpoint, metadata }
-    }
-}
-
-/// A process-unique, time-unique id such as `127.0.0.1-50051-8f3a09c1d2e4`.
-fn unique_id(endpoint: &Endpoint) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.write_u128(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
-    );
-    let host: String =
-        endpoint.host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
-    format!("{host}-{}-{:012x}", endpoint.port, hasher.finish() & 0xffff_ffff_ffff)
-}
-
-/// A kind of registry. Implement this to add one; [`Registry`] wraps it.
-pub trait Backend: fmt::Debug + Send + Sync + 'static {
-    /// Registers `instance` and keeps it registered (renewing any lease in
-    /// the background, re-registering after an outage) until the returned
-    /// [`Lease`] is [closed](Lease::deregister) or dropped.
-    ///
-    /// Fails if the registry cannot be reached now.
-    fn register(&self, instance: Instance) -> BoxFuture<'_, Result<Box<dyn Lease>, Error>>;
-
-    /// Follows the instances of `service`. The first answer is loaded before
-    /// this returns, so a client started together with its servers sees them.
-    ///
-    /// Fails if the registry cannot be reached now.
-    fn resolve(&self, service: &str) -> BoxFuture<'_, Result<Resolution, Error>>;
-}
-
-/// A registration, kept alive until deregistered or dropped.
-pub trait Lease: fmt::Debug + Send + Sync {
-    /// Removes the instance from the registry now.
-    fn deregister(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
-}
-
-/// The instances of one service, as a registry knows them, kept up to date
-/// by a background task that stops when the resolution is dropped.
-#[derive(Debug)]
-pub struct Resolution {
-    service: String,
-    rx: watch::Receiver<Arc<[Instance]>>,
-    _task: AbortOnDrop,
-}
-
-impl Resolution {
-    /// A resolution fed by `rx`, whose updates come from `task`.
-    pub fn new(
-        service: impl Into<String>,
-        rx: watch::Receiver<Arc<[Instance]>>,
-        task: tokio::task::JoinHandle<()>,
-    ) -> Self {
-        Resolution { service: service.into(), rx, _task: AbortOnDrop(task) }
-    }
-
-    /// A resolution that never changes.
-    pub fn fixed(service: impl Into<String>, instances: Vec<Instance>) -> Self {
-        let (tx, rx) = watch::channel(Arc::from(instances));
-        // Keep the sender alive so `changed` waits instead of ending.
-        let task = tokio::spawn(async move {
-            tx.closed().await;
-        });
-        Resolution::new(service, rx, task)
-    }
-
-    /// The service this follows.
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
-    /// The instances known now.
-    pub fn current(&self) -> Arc<[Instance]> {
-        self.rx.borrow().clone()
-    }
-
-    /// Waits for the next change and returns the instances after it; `None`
-    /// when the resolution ended.
-    pub async fn changed(&mut self) -> Option<Arc<[Instance]>> {
-        self.rx.changed().await.ok()?;
-        Some(self.rx.borrow_and_update().clone())
-    }
-
-    /// The distinct endpoints known now (two instances may share one).
-    pub fn endpoints(&self) -> BTreeSet<Endpoint> {
-        self.rx.borrow().iter().map(|i| i.endpoint.clone()).collect()
-    }
-
-    /// Turns this into tower [`Change`]s of endpoints: an `Insert` for every
-    /// endpoint known now, then an `Insert` or `Remove` as endpoints come and
-    /// go. Endpoints shared by several instances are inserted once and
-    /// removed when the last of them goes.
-    pub fn into_changes(mut self) -> impl futures_core::Stream<Item = Change<Endpoint, Endpoint>> + Send {
-        async_stream_changes(move |tx| async move {
-            let mut known = BTreeSet::new();
-            let mut next = Some(self.rx.borrow_and_update().clone());
-            while let Some(instances) = next {
-                let now: BTreeSet<Endpoint> = instances.iter().map(|i| i.endpoint.clone()).collect();
-                for gone in known.difference(&now) {
-                    if tx.send(Change::Remove(gone.clone())).await.is_err() {
-                        return;
-                    }
-                }
-                for new in now.difference(&known) {
-                    if tx.send(Change::Insert(new.clone(), new.clone())).await.is_err() {
-                        return;
-                    }
-                }
-                known = now;
-                next = self.changed().await;
-            }
-        })
-    }
-}
-
-/// A stream fed by a task that sends into a channel.
-fn async_stream_changes<T, F, Fut>(producer: F) -> impl futures_core::Stream<Item = T> + Send
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let task = AbortOnDrop(tokio::spawn(producer(tx)));
-    ChangeStream { rx, _task: task }
-}
-
-struct ChangeStream<T> {
-    rx: tokio::sync::mpsc::Receiver<T>,
-    _task: AbortOnDrop,
-}
-
-impl<T> futures_core::Stream for ChangeStream<T> {
-    type Item = T;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-/// Aborts a background task when dropped.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Logs a registry outage once, and the recovery once.
-#[derive(Debug)]
-pub(crate) struct OutageLog {
-    what: String,
-    down: bool,
-}
-
-impl OutageLog {
-    /// For `what`, such as "resolving order.payment.v1.OrderPayment in etcd://...".
-    pub(crate) fn new(what: impl Into<String>) -> Self {
-        OutageLog { what: what.into(), down: false }
-    }
-
-    /// Records a failure; logs it if it starts an outage.
-    pub(crate) fn failed(&mut self, err: &dyn fmt::Display, keeping: &str) {
-        if !self.down {
-            self.down = true;
-            tracing::warn!("registry unreachable while {}: {err}; {keeping}", self.what);
-        }
-    }
-
-    /// Records a success; logs it if it ends an outage.
-    pub(crate) fn succeeded(&mut self) {
-        if self.down {
-            self.down = false;
-            tracing::info!("registry reachable again while {}", self.what);
-        }
-    }
-}
-
-/// Publishes `instances` if they differ from the current ones (order-insensitive).
-pub(crate) fn publish(tx: &watch::Sender<Arc<[Instance]>>, mut instances: Vec<Instance>) {
-    instances.sort_by(|a, b| a.id.cmp(&b.id));
-    tx.send_if_modified(|current| {
-        if current[..] == instances[..] {
-            false
-        } else {
-            *current = Arc::from(std::mem::take(&mut instances));
-            true
-        }
-    });
-}
-
 /// A registry, chosen by URL. Cheap to clone: clones share the backend.
-///
-/// The handle also carries the configured client settings per called
-/// service (`[clients."SERVICE"]`), which channels made through it apply.
 #[derive(Clone)]
 pub struct Registry {
     url: Arc<str>,
     backend: Arc<dyn Backend>,
-    clients: Arc<BTreeMap<String, ClientConfig>>,
 }
 
 impl fmt::Debug for Registry {
@@ -346,28 +80,16 @@ impl Registry {
     ///
     /// A malformed URL or an unknown scheme, with what is expected.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        Ok(Registry { url: url.into(), backend: url::open(url)?, clients: Arc::default() })
+        Ok(Registry { url: url::redact(url).into(), backend: schemes::open(url)? })
     }
 
     /// A registry over a custom backend.
     pub fn with_backend(url: impl Into<Arc<str>>, backend: impl Backend) -> Self {
-        Registry { url: url.into(), backend: Arc::new(backend), clients: Arc::default() }
+        Registry { url: url.into(), backend: Arc::new(backend) }
     }
 
-    /// The same registry, carrying client settings per full service name.
-    pub fn with_clients(mut self, clients: BTreeMap<String, ClientConfig>) -> Self {
-        let normalized = clients.into_iter().map(|(service, config)| (service.to_ascii_lowercase(), config));
-        self.clients = Arc::new(normalized.collect());
-        self
-    }
-
-    /// The client settings configured for `service` (matched ignoring case,
-    /// as environment variables are lowercased).
-    pub fn client_config(&self, service: &str) -> ClientConfig {
-        self.clients.get(&service.to_ascii_lowercase()).cloned().unwrap_or_default()
-    }
-
-    /// The URL the registry was opened from.
+    /// The URL the registry was opened from, with secrets such as
+    /// `token=...` replaced by `REDACTED`.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -397,9 +119,4 @@ impl std::str::FromStr for Registry {
     fn from_str(url: &str) -> Result<Self, Error> {
         Registry::from_url(url)
     }
-}
-
-/// The error for a registry that cannot be reached.
-pub(crate) fn unreachable(url: &str, err: impl fmt::Display, fix: &str) -> Error {
-    Error::Registry { url: url.to_owned(), reason: format!("unreachable: {err}; {fix}") }
 }

@@ -1,36 +1,54 @@
-//! Registry URLs: the scheme picks the backend, the rest configures it.
+//! Reading registry URLs: the parts every backend's URL shares. A leaf: it
+//! names no backend (the scheme table in `schemes.rs` does).
 
-use std::sync::Arc;
-
-use super::Backend;
+use super::types::Endpoint;
 use crate::error::Error;
 
-/// What every URL error ends with.
-pub(super) const EXPECTED: &str = "expected local://[DIR], etcd://HOST:PORT[,HOST:PORT...], \
-     dns://[SERVER:PORT/]NAME[:PORT] or static://SERVICE=HOST:PORT[,...][;SERVICE=...]";
+/// A registry URL handed to the backend its scheme names.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target<'a> {
+    /// The whole URL as it may be shown: secrets replaced (see [`redact`]).
+    pub(super) url: &'a str,
+    /// What follows `scheme://`, secrets included.
+    pub(super) rest: &'a str,
+    /// The accepted form of this scheme's URLs, such as
+    /// `etcd://HOST:PORT[,HOST:PORT...]`, for error messages.
+    pub(super) form: &'static str,
+}
 
-/// Opens the backend `url` names, without contacting it.
-pub(super) fn open(url: &str) -> Result<Arc<dyn Backend>, Error> {
-    let err = |reason: String| Error::Registry { url: url.to_owned(), reason };
-    let (scheme, rest) =
-        url.split_once("://").ok_or_else(|| err(format!("not a URL (no `scheme://`); {EXPECTED}")))?;
-    match scheme {
-        "static" => Ok(Arc::new(super::fixed::Fixed::parse(url, rest)?)),
-        "local" => Ok(Arc::new(super::local::Local::parse(url, rest)?)),
-        #[cfg(feature = "dns")]
-        "dns" => Ok(Arc::new(super::dns::Dns::parse(url, rest)?)),
-        #[cfg(not(feature = "dns"))]
-        "dns" => Err(err("dns:// needs the `dns` cargo feature of trellis, which is off in this build; \
-             enable it: trellis = { version = \"0.1\", features = [\"dns\"] }"
-            .to_owned())),
-        #[cfg(feature = "etcd")]
-        "etcd" => Ok(Arc::new(super::etcd::Etcd::parse(url, rest)?)),
-        #[cfg(not(feature = "etcd"))]
-        "etcd" => Err(err("this build has no etcd registry; build trellis with its `etcd` cargo feature \
-             (trellis = { features = [\"etcd\"] })"
-            .to_owned())),
-        _ => Err(err(format!("unknown registry scheme `{scheme}`; {EXPECTED}"))),
+impl Target<'_> {
+    /// An error about this URL: `reason`, then what is expected.
+    pub(super) fn error(&self, reason: impl std::fmt::Display) -> Error {
+        Error::Registry { url: self.url.to_owned(), reason: format!("{reason}; expected {}", self.form) }
     }
+
+    /// The part before `?` and the `key=value` query pairs.
+    pub(super) fn query(&self) -> (&str, Vec<(&str, &str)>) {
+        query(self.rest)
+    }
+}
+
+/// Query keys whose values are secrets, never shown.
+const SECRETS: &[&str] = &["token"];
+
+/// `url` with the value of every secret query key (`token=...`) replaced by
+/// `REDACTED`, so the URL can be logged and put in errors.
+pub(super) fn redact(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((base, query)) = url.split_once('?') else { return url.into() };
+    if !query
+        .split('&')
+        .any(|pair| SECRETS.iter().any(|k| pair.split_once('=').is_some_and(|(key, _)| key == *k)))
+    {
+        return url.into();
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if SECRETS.contains(&key) => format!("{key}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&")).into()
 }
 
 /// Splits `rest` into its part before `?` and its `key=value` query pairs.
@@ -46,7 +64,7 @@ pub(super) fn query(rest: &str) -> (&str, Vec<(&str, &str)>) {
 }
 
 /// Parses `HOST:PORT` (`[v6]:PORT` for IPv6).
-pub(crate) fn parse_endpoint(addr: &str) -> Result<super::Endpoint, String> {
+pub(crate) fn parse_endpoint(addr: &str) -> Result<Endpoint, String> {
     let bad =
         |why: &str| format!("`{addr}` is not HOST:PORT ({why}), such as 127.0.0.1:50051 or [::1]:50051");
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
@@ -62,31 +80,12 @@ pub(crate) fn parse_endpoint(addr: &str) -> Result<super::Endpoint, String> {
     if host.is_empty() || host.contains(['/', ' ', '[', ']', '?', '&', ';', ',']) {
         return Err(bad("bad host"));
     }
-    Ok(super::Endpoint::new(host, port))
+    Ok(Endpoint::new(host, port))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_and_malformed_urls_say_what_is_expected() {
-        for (url, needle) in [
-            ("zookeeper://x:1", "unknown registry scheme `zookeeper`"),
-            ("127.0.0.1:5", "no `scheme://`"),
-            ("", "no `scheme://`"),
-        ] {
-            let msg = open(url).unwrap_err().to_string();
-            assert!(msg.contains(needle) && msg.contains("local://") && msg.contains(url), "{url}: {msg}");
-        }
-    }
-
-    #[cfg(not(feature = "etcd"))]
-    #[test]
-    fn etcd_without_the_feature_says_how_to_get_it() {
-        let msg = open("etcd://127.0.0.1:2379").unwrap_err().to_string();
-        assert!(msg.contains("etcd://127.0.0.1:2379") && msg.contains("`etcd` cargo feature"), "{msg}");
-    }
 
     #[test]
     fn endpoints_parse_with_ipv6_and_reject_garbage() {
@@ -95,5 +94,13 @@ mod tests {
         for bad in ["x", "x:0", "x:70000", ":5", "a b:5", "::1", "::1:80"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_nothing_else() {
+        assert_eq!(redact("consul://h:1?token=s3cret&wait=5s"), "consul://h:1?token=REDACTED&wait=5s");
+        assert_eq!(redact("consul://h:1?dc=a&token=x"), "consul://h:1?dc=a&token=REDACTED");
+        assert_eq!(redact("consul://h:1?tokens=x"), "consul://h:1?tokens=x");
+        assert_eq!(redact("local:///tmp/x"), "local:///tmp/x");
     }
 }

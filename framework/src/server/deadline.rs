@@ -14,7 +14,8 @@ use tonic::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::context::{GRPC_TIMEOUT, RequestContext, decode_grpc_timeout};
+use crate::context::RequestContext;
+use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
 
 /// Runs each call inside its [`RequestContext`].
 #[derive(Debug, Clone, Copy, Default)]

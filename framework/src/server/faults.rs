@@ -52,7 +52,7 @@ where
         // The ready service handles this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let faults = if req.uri().path().starts_with("/grpc.") {
+        let faults = if crate::protocol::is_builtin(req.uri().path()) {
             FaultLayer { delay: Duration::ZERO, unavailable: false }
         } else {
             self.faults

@@ -21,7 +21,7 @@ use tonic::metadata::MetadataValue;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::client::UNPROCESSED;
+use crate::protocol::{self, RETRY_PUSHBACK_MS, UNPROCESSED};
 
 /// The pushback hint sent with a shed call.
 pub(crate) const SHED_PUSHBACK: Duration = Duration::from_millis(100);
@@ -67,7 +67,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if req.uri().path().starts_with("/grpc.") {
+        if protocol::is_builtin(req.uri().path()) {
             return LoadShedFuture::Call { inner: self.inner.call(req), slot: None };
         }
         match self.layer.slots.clone().try_acquire_owned() {
@@ -80,7 +80,7 @@ where
                     self.layer.max
                 ));
                 status.metadata_mut().insert(
-                    "grpc-retry-pushback-ms",
+                    RETRY_PUSHBACK_MS,
                     MetadataValue::from(u64::try_from(SHED_PUSHBACK.as_millis()).unwrap_or(u64::MAX)),
                 );
                 let mut response: Response<tonic::body::Body> = status.into_http();

@@ -38,11 +38,14 @@
 //! # }
 //! ```
 
+mod config;
 mod deadline;
 mod drain;
 mod faults;
 mod limit;
 mod trace;
+
+pub use config::{DEFAULT_MAX_CONCURRENT_CALLS, FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -51,35 +54,34 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
 use tower::ServiceBuilder;
+use tower::util::{BoxCloneSyncService, Either, MapErrLayer};
+use tower_layer::Layer;
+use tower_service::Service;
 
-use crate::config::{FaultsConfig, ShutdownConfig};
 use crate::descriptor::{DescribedService, ServiceDescriptor};
-use crate::error::Error;
+use crate::error::{BoxError, Error};
+use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
-
-/// The paths of the streaming methods of the services every server carries.
-const BUILTIN_STREAMING_PATHS: [&str; 3] = [
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
-/// The default cap on calls running at once.
-pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+use crate::transport::Listener;
 
 /// How long one deregistration may take during shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A call to the server's services, type-erased once where your layers are.
+pub type BoxServerService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+
+type ServerLayerFn = Arc<dyn Fn(BoxServerService) -> BoxServerService + Send + Sync>;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +102,8 @@ impl Server {
             routes: RoutesBuilder::default(),
             services: Vec::new(),
             signal: None,
+            layer: None,
+            config_check: None,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct ServerBuilder {
     routes: RoutesBuilder,
     services: Vec<&'static ServiceDescriptor>,
     signal: Option<ShutdownSignal>,
+    layer: Option<ServerLayerFn>,
+    config_check: Option<Box<dyn FnOnce() -> Result<(), Error> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -190,6 +196,39 @@ impl ServerBuilder {
         self
     }
 
+    /// A check that must pass before binding: the application context
+    /// rejects configuration sections that nothing read.
+    pub(crate) fn config_check(
+        mut self,
+        check: impl FnOnce() -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.config_check = Some(Box::new(check));
+        self
+    }
+
+    /// Wraps every call to your services (and health and reflection) in
+    /// `layer`, below the deadline and above injected faults: see the order
+    /// in the [module docs](self). Layers added later wrap those added
+    /// before; compose several with `tower::ServiceBuilder`.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxServerService> + Send + Sync + 'static,
+        L::Service:
+            Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        let current = self.layer.take();
+        self.layer = Some(Arc::new(move |inner: BoxServerService| {
+            let inner = match &current {
+                Some(current) => current(inner),
+                None => inner,
+            };
+            BoxCloneSyncService::new(MapErrLayer::new(Into::into).layer(layer.layer(inner)))
+        }));
+        self
+    }
+
     /// Stops the server when `signal` completes, instead of on SIGINT/SIGTERM.
     pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
         self.signal = Some(Box::pin(signal));
@@ -220,13 +259,15 @@ impl ServerBuilder {
     ///
     /// # Errors
     ///
-    /// When the address cannot be bound.
-    pub async fn bind(self) -> Result<BoundServer, Error> {
-        let listener = TcpListener::bind(self.listen)
-            .await
-            .map_err(|source| Error::Bind { addr: self.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: self.listen, source })?;
-        Ok(BoundServer { builder: self, listener, local_addr })
+    /// When the address cannot be bound, or (for a builder from the
+    /// application's `Context::server`) when the configuration has a section
+    /// that nothing read.
+    pub async fn bind(mut self) -> Result<BoundServer, Error> {
+        if let Some(check) = self.config_check.take() {
+            check()?;
+        }
+        let listener = Listener::bind(self.listen).await?;
+        Ok(BoundServer { builder: self, listener })
     }
 
     /// Binds and serves until the shutdown signal, then shuts down gracefully.
@@ -243,14 +284,13 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct BoundServer {
     builder: ServerBuilder,
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listener: Listener,
 }
 
 impl BoundServer {
     /// The address the server listens on, with the real port when 0 was asked.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listener.local_addr()
     }
 
     /// Serves until the shutdown signal, then shuts down gracefully (see the
@@ -260,7 +300,8 @@ impl BoundServer {
     ///
     /// When the server fails while serving.
     pub async fn serve(self) -> Result<(), Error> {
-        let BoundServer { builder, listener, local_addr } = self;
+        let BoundServer { builder, listener } = self;
+        let local_addr = listener.local_addr();
         let ServerBuilder {
             shutdown,
             faults,
@@ -271,9 +312,10 @@ impl BoundServer {
             routes,
             services,
             signal,
+            layer,
             ..
         } = builder;
-        let endpoint = advertised(local_addr, advertise.as_deref())?;
+        let endpoint = advertised(local_addr, advertise.as_deref())?.with_scheme(listener.scheme());
         let signal = signal.unwrap_or_else(|| Box::pin(termination_signal()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -291,12 +333,20 @@ impl BoundServer {
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)
+            // Your layers: type-erased once, only when there are some.
+            .layer(tower::layer::layer_fn(move |inner| {
+                let inner = MapErrLayer::new(Into::<BoxError>::into).layer(inner);
+                match &layer {
+                    Some(layer) => Either::Left(layer(BoxCloneSyncService::new(inner))),
+                    None => Either::Right(inner),
+                }
+            }))
             .option_layer(
                 (!faults.delay.is_zero() || faults.unavailable)
                     .then_some(faults::FaultLayer { delay: faults.delay, unavailable: faults.unavailable }),
             );
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = listener.incoming();
         let server = tonic::transport::Server::builder()
             .accept_http1(true) // REST over HTTP/1.1 (framework/src/gateway)
             .layer(layers)

@@ -6,10 +6,16 @@
 //! trailers pass through, or, if the client goes away first, when the body is
 //! dropped (reported as `CANCELLED`).
 //!
-//! Each call's end is one event with `status`, `duration_ms` and, when the
-//! caller sent a deadline, `timeout_ms`. Successful calls are logged at `DEBUG`; client errors at `INFO`; server
-//! errors (`UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`,
-//! `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`) at `WARN`.
+//! Each call's end is one event with `rpc.method`, `status`, `duration_ms`
+//! and, when the caller sent a deadline, `timeout_ms`. Successful calls are
+//! logged at `DEBUG`; client errors at `INFO`; server errors (`UNKNOWN`,
+//! `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`, `DEADLINE_EXCEEDED`,
+//! `UNIMPLEMENTED`) at `WARN`.
+//!
+//! The span itself is at `DEBUG`: at the default `info` level no span is
+//! made, so a call that logs nothing costs no formatting and no filtering
+//! beyond the callsites' cached interest. With `log.level = "debug"` every
+//! event a handler logs carries the call's span.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -23,7 +29,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 
-use crate::context::{GRPC_TIMEOUT, decode_grpc_timeout};
+use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
 
 /// Adds a call span to every request. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,8 +62,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // A static path is cloned without a copy.
+        let req_path = req.uri().path_and_query().cloned();
         let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "grpc",
             rpc.method = req.uri().path(),
             rpc.status = tracing::field::Empty,
@@ -67,7 +75,8 @@ where
             let _enter = span.enter();
             self.inner.call(req)
         };
-        TraceFuture { inner, call: Some(Call { span, start: Instant::now(), timeout }) }
+        let path = req_path;
+        TraceFuture { inner, call: Some(Call { span, start: Instant::now(), timeout, path }) }
     }
 }
 
@@ -78,6 +87,7 @@ struct Call {
     start: Instant,
     /// The deadline the caller sent, if any.
     timeout: Option<Duration>,
+    path: Option<http::uri::PathAndQuery>,
 }
 
 impl Call {
@@ -87,16 +97,23 @@ impl Call {
         self.span.record("rpc.status", tracing::field::debug(code));
         self.span.record("duration_ms", duration_ms);
         let timeout_ms = self.timeout.map(|t| t.as_secs_f64() * 1e3);
+        let method = self.path.as_ref().map_or("", |p| p.path());
         let _enter = self.span.enter();
         match code {
-            Code::Ok => tracing::debug!(status = ?code, duration_ms, timeout_ms, "call finished"),
+            Code::Ok => {
+                tracing::debug!(rpc.method = method, status = ?code, duration_ms, timeout_ms, "call finished")
+            }
             Code::Unknown
             | Code::Internal
             | Code::Unavailable
             | Code::DataLoss
             | Code::DeadlineExceeded
-            | Code::Unimplemented => tracing::warn!(status = ?code, duration_ms, timeout_ms, "call failed"),
-            _ => tracing::info!(status = ?code, duration_ms, timeout_ms, "call finished"),
+            | Code::Unimplemented => {
+                tracing::warn!(rpc.method = method, status = ?code, duration_ms, timeout_ms, "call failed")
+            }
+            _ => {
+                tracing::info!(rpc.method = method, status = ?code, duration_ms, timeout_ms, "call finished")
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Logging set-up: `tracing` events and spans to stderr, as text or JSON.
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
 use crate::error::Error;
 
 /// Installs the global `tracing` subscriber described by `config`.
@@ -27,4 +27,30 @@ pub fn init(config: &LogConfig) -> Result<(), Error> {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
     Ok(())
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Human-readable lines or one JSON object per line.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,trellis=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }

@@ -15,77 +15,89 @@
 //!   [`HashKey`](crate::client::HashKey), so a key keeps its endpoint while
 //!   the set of endpoints changes around it.
 
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
 
-use super::breaker::Admit;
-use super::endpoint::EndpointState;
+use super::Balance;
+use super::hash::rendezvous;
+use crate::client::breaker::Admit;
+use crate::client::endpoint::{EndpointService, EndpointState};
+use crate::registry::AbortOnDrop;
 
-/// How a channel spreads calls over endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Power of two choices over peak-EWMA latency x calls in flight.
-    #[default]
-    PeakEwma,
-    /// Each endpoint in turn.
-    RoundRobin,
-    /// The same endpoint for the same [`HashKey`](crate::client::HashKey).
-    ConsistentHash,
+/// One endpoint in the balancer: what is known of it, and the service that
+/// sends attempts there.
+#[derive(Debug)]
+pub(crate) struct Member<S> {
+    pub(crate) state: Arc<EndpointState>,
+    pub(crate) service: EndpointService<S>,
+    /// Follows the endpoint's active health while it is a member.
+    pub(crate) _health: Option<AbortOnDrop>,
+}
+
+impl<S> std::ops::Deref for Member<S> {
+    type Target = EndpointState;
+
+    fn deref(&self) -> &EndpointState {
+        &self.state
+    }
 }
 
 /// The endpoint chosen for an attempt.
 #[derive(Debug)]
-pub(super) struct Pick {
-    pub(super) endpoint: Arc<EndpointState>,
+pub(crate) struct Pick<S> {
+    pub(crate) member: Arc<Member<S>>,
     /// Whether the attempt is the probe of an ejected endpoint.
-    pub(super) probe: bool,
+    pub(crate) probe: bool,
 }
 
 /// The endpoints of a channel.
-#[derive(Debug, Default)]
-pub(super) struct Endpoints {
-    list: Mutex<Arc<[Arc<EndpointState>]>>,
+#[derive(Debug)]
+pub(crate) struct Endpoints<S> {
+    list: Mutex<Arc<[Arc<Member<S>>]>>,
     next: AtomicUsize,
 }
 
-impl Endpoints {
+impl<S> Default for Endpoints<S> {
+    fn default() -> Self {
+        Endpoints { list: Mutex::new(Arc::from(Vec::new())), next: AtomicUsize::new(0) }
+    }
+}
+
+impl<S> Endpoints<S> {
     /// The endpoints now.
-    pub(super) fn snapshot(&self) -> Arc<[Arc<EndpointState>]> {
+    pub(crate) fn snapshot(&self) -> Arc<[Arc<Member<S>>]> {
         self.list.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Replaces the endpoints.
-    pub(super) fn replace(&self, list: Vec<Arc<EndpointState>>) {
+    pub(crate) fn replace(&self, list: Vec<Arc<Member<S>>>) {
         *self.list.lock().unwrap_or_else(PoisonError::into_inner) = Arc::from(list);
     }
 
     /// Chooses an endpoint, avoiding `tried` while any other is available.
-    pub(super) fn pick(
+    pub(crate) fn pick(
         &self,
         balance: Balance,
         tried: &[Arc<EndpointState>],
         key: Option<u64>,
         rng: &mut fastrand::Rng,
-    ) -> Option<Pick> {
+    ) -> Option<Pick<S>> {
         let list = self.snapshot();
         if list.is_empty() {
             return None;
         }
         let now = Instant::now();
-        let untried = |e: &&Arc<EndpointState>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
-        let serving: Vec<&Arc<EndpointState>> = list.iter().filter(|e| e.serving()).filter(untried).collect();
+        let untried = |e: &&Arc<Member<S>>| !tried.iter().any(|t| Arc::ptr_eq(t, &e.state));
+        let serving: Vec<&Arc<Member<S>>> = list.iter().filter(|e| e.serving()).filter(untried).collect();
         // All tried, or none serving: any endpoint beats failing the call here.
-        let pool: Vec<&Arc<EndpointState>> = if serving.is_empty() { list.iter().collect() } else { serving };
+        let pool: Vec<&Arc<Member<S>>> = if serving.is_empty() { list.iter().collect() } else { serving };
 
         if let Some(probe) = pool.iter().find(|e| probe_admitted(e, now)) {
-            return Some(Pick { endpoint: Arc::clone(probe), probe: true });
+            return Some(Pick { member: Arc::clone(probe), probe: true });
         }
-        let in_rotation: Vec<&Arc<EndpointState>> =
-            pool.iter().copied().filter(|e| e.in_rotation()).collect();
+        let in_rotation: Vec<&Arc<Member<S>>> = pool.iter().copied().filter(|e| e.in_rotation()).collect();
         let candidates = if in_rotation.len() * 2 < pool.len() { pool } else { in_rotation };
         let chosen = match (balance, candidates.len()) {
             (_, 0) => return None,
@@ -97,13 +109,15 @@ impl Endpoints {
             }
             (Balance::RoundRobin, n) => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
             (Balance::ConsistentHash, _) => match key {
-                Some(key) => {
-                    candidates.iter().copied().max_by_key(|e| rendezvous(key, e)).unwrap_or(candidates[0])
-                }
+                Some(key) => candidates
+                    .iter()
+                    .copied()
+                    .max_by_key(|e| rendezvous(key, &e.endpoint))
+                    .unwrap_or(candidates[0]),
                 None => candidates[rng.usize(..candidates.len())],
             },
         };
-        Some(Pick { endpoint: Arc::clone(chosen), probe: false })
+        Some(Pick { member: Arc::clone(chosen), probe: false })
     }
 }
 
@@ -113,47 +127,41 @@ fn probe_admitted(endpoint: &EndpointState, now: Instant) -> bool {
     ejection.probe_due(now) && ejection.admit(now) == Admit::Probe
 }
 
-/// The rendezvous weight of `key` on `endpoint`.
-fn rendezvous(key: u64, endpoint: &EndpointState) -> u64 {
-    let mut hasher = FIXED.build_hasher();
-    key.hash(&mut hasher);
-    endpoint.endpoint.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// A hasher with fixed keys, so every client maps a key to the same endpoint.
-const FIXED: std::hash::BuildHasherDefault<std::hash::DefaultHasher> = std::hash::BuildHasherDefault::new();
-
-/// Hashes a consistent-hash key.
-pub(super) fn hash_key(key: &[u8]) -> u64 {
-    FIXED.hash_one(key)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::sync::atomic::AtomicU64;
 
     use super::*;
     use crate::client::breaker::FIRST_OPEN;
+    use crate::client::endpoint::EndpointLayer;
+    use crate::client::stats::Counters;
     use crate::registry::Endpoint;
+    use tower_layer::Layer;
 
-    fn endpoints(n: u16) -> (Endpoints, Vec<Arc<EndpointState>>) {
+    fn endpoints(n: u16) -> (Endpoints<()>, Vec<Arc<EndpointState>>) {
+        let counters = Arc::new(Counters::default());
         let list: Vec<Arc<EndpointState>> = (1..=n)
             .map(|port| {
                 let endpoint = Endpoint::new("127.0.0.1", port);
-                Arc::new(EndpointState::connect(&endpoint, "t.v1.T", Arc::new(AtomicU64::new(0))).unwrap())
+                Arc::new(EndpointState::new(endpoint, "t.v1.T", Arc::default(), counters.clone()))
             })
             .collect();
         let set = Endpoints::default();
-        set.replace(list.clone());
+        let members = list.iter().map(|state| {
+            Arc::new(Member {
+                state: state.clone(),
+                service: EndpointLayer::new(state.clone()).layer(()),
+                _health: None,
+            })
+        });
+        set.replace(members.collect());
         (set, list)
     }
 
-    fn ports(set: &Endpoints, tried: &[Arc<EndpointState>], picks: usize) -> HashSet<u16> {
+    fn ports(set: &Endpoints<()>, tried: &[Arc<EndpointState>], picks: usize) -> HashSet<u16> {
         let mut rng = fastrand::Rng::with_seed(3);
         (0..picks)
-            .map(|_| set.pick(Balance::PeakEwma, tried, None, &mut rng).unwrap().endpoint.endpoint.port())
+            .map(|_| set.pick(Balance::PeakEwma, tried, None, &mut rng).unwrap().member.endpoint.port())
             .collect()
     }
 
@@ -192,10 +200,10 @@ mod tests {
         assert!((0..50).all(|_| !set.pick(Balance::PeakEwma, &[], None, &mut rng).unwrap().probe));
         tokio::time::advance(FIRST_OPEN).await;
         let probe = set.pick(Balance::PeakEwma, &[], None, &mut rng).unwrap();
-        assert!(probe.probe && probe.endpoint.endpoint.port() == 1);
+        assert!(probe.probe && probe.member.endpoint.port() == 1);
         // While the probe is out, the endpoint stays out of rotation.
         assert_eq!(ports(&set, &[], 100), HashSet::from([2, 3]));
-        probe.endpoint.ejection.lock().unwrap().succeeded();
+        probe.member.ejection.lock().unwrap().succeeded();
         assert_eq!(ports(&set, &[], 200), HashSet::from([1, 2, 3]), "back after a good probe");
     }
 
@@ -204,12 +212,12 @@ mod tests {
         let (set, _) = endpoints(3);
         let mut rng = fastrand::Rng::with_seed(1);
         let turns: Vec<u16> = (0..6)
-            .map(|_| set.pick(Balance::RoundRobin, &[], None, &mut rng).unwrap().endpoint.endpoint.port())
+            .map(|_| set.pick(Balance::RoundRobin, &[], None, &mut rng).unwrap().member.endpoint.port())
             .collect();
         assert_eq!(turns[..3], turns[3..], "each in turn: {turns:?}");
-        let key = Some(hash_key(b"order-42"));
+        let key = Some(crate::client::balance::HashKey::new("order-42").value());
         let homes: HashSet<u16> = (0..50)
-            .map(|_| set.pick(Balance::ConsistentHash, &[], key, &mut rng).unwrap().endpoint.endpoint.port())
+            .map(|_| set.pick(Balance::ConsistentHash, &[], key, &mut rng).unwrap().member.endpoint.port())
             .collect();
         assert_eq!(homes.len(), 1);
     }

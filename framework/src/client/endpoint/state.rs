@@ -1,25 +1,20 @@
-//! One endpoint as the balancer sees it: a lazily connected tonic channel,
-//! its latency estimate and calls in flight, whether it is ejected, and
-//! whether its server says it is serving.
+//! What the client knows of one endpoint: its latency estimate and calls in
+//! flight (the balancer's load), whether it is ejected (passive health), and
+//! whether its server says it is serving (active health).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::{Request, Response};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
-use tonic::body::Body;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tower::ServiceExt;
 
-use super::breaker::Breaker;
-use crate::registry::{AbortOnDrop, Endpoint};
-
-/// How long to wait for a connection to an instance.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+use crate::client::breaker::Breaker;
+use crate::client::stats::Counters;
+use crate::registry::Endpoint;
 
 /// The latency an endpoint is assumed to have before it answered once. Kept
 /// optimistic, so a new instance wins its first comparisons and is tried at
@@ -71,11 +66,13 @@ impl Ewma {
     }
 }
 
-/// One endpoint of a channel.
+/// One endpoint of a channel, shared by its [`EndpointService`](super::EndpointService)
+/// and the balancer.
 #[derive(Debug)]
-pub(super) struct EndpointState {
-    pub(super) endpoint: Endpoint,
-    conn: tonic::transport::Channel,
+pub struct EndpointState {
+    pub(crate) endpoint: Endpoint,
+    /// The full name of the service called there, for messages and health.
+    pub(crate) service: &'static str,
     ewma: Mutex<Ewma>,
     in_flight: AtomicUsize,
     /// The sum of the start times of the calls in flight (nanoseconds since
@@ -86,49 +83,72 @@ pub(super) struct EndpointState {
     /// Calls sent here, shared with the channel's per-endpoint counts.
     calls: Arc<AtomicU64>,
     /// Passive health: ejected after consecutive failures, back through a probe.
-    pub(super) ejection: Mutex<Breaker>,
+    pub(crate) ejection: Mutex<Breaker>,
     /// Active health: what the server's `grpc.health.v1` watch last said.
-    serving: Arc<AtomicBool>,
-    _watch: AbortOnDrop,
+    serving: AtomicBool,
+    /// The latency above which an endpoint is an outlier among its peers.
+    pub(crate) outliers: Arc<OutlierLimit>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// The latency above which an endpoint is far slower than its peers, kept
+/// current by the balancer (nanoseconds; 0 while there are too few peers).
+#[derive(Debug, Default)]
+pub struct OutlierLimit(AtomicU64);
+
+impl OutlierLimit {
+    /// The limit now, if there is one.
+    pub(crate) fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    pub(crate) fn set(&self, limit: Option<Duration>) {
+        let ns = limit.map_or(0, |l| u64::try_from(l.as_nanos()).unwrap_or(u64::MAX).max(1));
+        self.0.store(ns, Ordering::Relaxed);
+    }
 }
 
 impl EndpointState {
-    /// A lazy connection to `endpoint` of `service`, whose health it watches.
-    pub(super) fn connect(
-        endpoint: &Endpoint,
+    /// The state of `endpoint` of `service`, in rotation and assumed serving.
+    pub(crate) fn new(
+        endpoint: Endpoint,
         service: &'static str,
-        calls: Arc<AtomicU64>,
-    ) -> Result<Self, String> {
-        let conn = tonic::transport::Endpoint::from_shared(endpoint.uri())
-            .map_err(|e| format!("`{endpoint}` is not a valid address: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let serving = Arc::new(AtomicBool::new(true));
-        let watch = tokio::spawn(watch_health(conn.clone(), service, endpoint.clone(), serving.clone()));
-        Ok(EndpointState {
-            endpoint: endpoint.clone(),
-            conn,
+        outliers: Arc<OutlierLimit>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let now = Instant::now();
+        EndpointState {
+            calls: counters.calls_to(&endpoint),
+            endpoint,
+            service,
             ewma: Mutex::new(Ewma {
                 estimate_ns: DEFAULT_RTT.as_nanos() as f64,
                 mean_ns: DEFAULT_RTT.as_nanos() as f64,
-                updated: Instant::now(),
+                updated: now,
             }),
             in_flight: AtomicUsize::new(0),
             pending_since: AtomicU64::new(0),
             last_rtt_ns: AtomicU64::new(0),
-            calls,
             ejection: Mutex::new(Breaker::for_endpoint()),
-            serving,
-            _watch: AbortOnDrop(watch),
-        })
+            serving: AtomicBool::new(true),
+            outliers,
+            counters,
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The expected cost of one more call: the latency estimate times
     /// (calls in flight + 1). The estimate is the decayed peak-EWMA, or the
     /// average age of the calls in flight if that is longer: an endpoint that
     /// has stalled looks slow before its first slow answer arrives.
-    pub(super) fn load(&self) -> f64 {
+    pub(crate) fn load(&self) -> f64 {
         let now = Instant::now();
         let estimate = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).decayed(now);
         let in_flight = self.in_flight.load(Ordering::Relaxed);
@@ -143,43 +163,83 @@ impl EndpointState {
     }
 
     /// The round trip of the last answer (of the probe, while ejected).
-    pub(super) fn last_latency(&self) -> Duration {
+    pub(crate) fn last_latency(&self) -> Duration {
         Duration::from_nanos(self.last_rtt_ns.load(Ordering::Relaxed))
     }
 
     /// The plain mean latency, for comparing endpoints with each other.
-    pub(super) fn mean_latency(&self) -> Duration {
+    pub(crate) fn mean_latency(&self) -> Duration {
         let mean = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).mean_ns;
         Duration::from_nanos(mean as u64)
     }
 
     /// Whether the server last said it serves (true until it says otherwise).
-    pub(super) fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
     }
 
-    /// Records what the server's health says (tests use it directly).
-    #[cfg(test)]
-    pub(super) fn set_serving(&self, serving: bool) {
-        self.serving.store(serving, Ordering::Relaxed);
+    /// Records what the server's health says.
+    pub(crate) fn set_serving(&self, serving: bool) -> bool {
+        self.serving.swap(serving, Ordering::Relaxed) != serving
     }
 
     /// Whether it is in the balancer's normal rotation (not ejected).
-    pub(super) fn in_rotation(&self) -> bool {
+    pub(crate) fn in_rotation(&self) -> bool {
         self.ejection.lock().unwrap_or_else(PoisonError::into_inner).is_closed()
     }
 
-    /// Sends one request here, recording its latency until the response headers.
-    pub(super) async fn call(&self, req: Request<Body>) -> Result<Response<Body>, tonic::transport::Error> {
+    /// Counts an attempt sent here; the guard counts it in flight until dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let start = Instant::now();
-        let _in_flight = InFlight::enter(self, since_epoch(start));
-        let result = self.conn.clone().oneshot(req).await;
-        let now = Instant::now();
-        let rtt = now - start;
+        let started = since_epoch(Instant::now());
+        self.pending_since.fetch_add(started, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint: Arc::clone(self), started: Instant::now(), started_ns: started }
+    }
+
+    /// Records an answer's round trip.
+    pub(crate) fn sample(&self, rtt: Duration, now: Instant) {
         self.last_rtt_ns.store(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.ewma.lock().unwrap_or_else(PoisonError::into_inner).sample(rtt, now);
-        result
+    }
+
+    /// Records an answer. An answer to a probe brings an ejected endpoint
+    /// back only if its latency is no longer far above its peers': a slow
+    /// instance that answers is still slow.
+    pub(crate) fn answered(&self, probe: bool) {
+        let still_slow =
+            probe.then(|| self.outliers.get()).flatten().filter(|limit| self.last_latency() > *limit);
+        let mut ejection = self.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+        match still_slow {
+            Some(limit) => {
+                let reason = format!("probe answered in {:?}, above {limit:?}", self.last_latency());
+                ejection.force_open(Instant::now(), &reason);
+            }
+            None => ejection.succeeded(),
+        }
+    }
+
+    /// Records a failure, ejecting the endpoint after several in a row.
+    pub(crate) fn failed(&self, failure: &dyn std::fmt::Display) {
+        let mut ejection = self.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_in = ejection.is_closed();
+        ejection.failed(Instant::now(), &failure.to_string());
+        if was_in && !ejection.is_closed() {
+            tracing::info!(service = self.service, endpoint = %self.endpoint, "ejecting: {failure}");
+            Counters::bump(&self.counters.ejections);
+        }
+    }
+
+    /// Ejects the endpoint now, for `reason` (far slower than its peers).
+    pub(crate) fn eject(&self, reason: &str) {
+        tracing::info!(service = self.service, endpoint = %self.endpoint, "ejecting: {reason}");
+        self.ejection.lock().unwrap_or_else(PoisonError::into_inner).force_open(Instant::now(), reason);
+        Counters::bump(&self.counters.ejections);
+    }
+
+    /// The probe of an ejected endpoint ended without an outcome.
+    pub(crate) fn probe_abandoned(&self) {
+        self.ejection.lock().unwrap_or_else(PoisonError::into_inner).abandoned();
     }
 }
 
@@ -190,49 +250,48 @@ fn since_epoch(now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Counts a call in flight until dropped, also when the call is cancelled.
-struct InFlight<'a> {
-    endpoint: &'a EndpointState,
-    started: u64,
+/// Counts an attempt in flight until dropped, also when it is cancelled.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    endpoint: Arc<EndpointState>,
+    pub(crate) started: Instant,
+    started_ns: u64,
 }
 
-impl<'a> InFlight<'a> {
-    fn enter(endpoint: &'a EndpointState, started: u64) -> Self {
-        endpoint.pending_since.fetch_add(started, Ordering::Relaxed);
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint, started }
+impl InFlight {
+    pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.endpoint
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint.pending_since.fetch_sub(self.started, Ordering::Relaxed);
+        self.endpoint.pending_since.fetch_sub(self.started_ns, Ordering::Relaxed);
     }
 }
 
 /// Follows the endpoint's `grpc.health.v1` status for `service`. A server
 /// without the health service counts as serving.
-async fn watch_health(
-    conn: tonic::transport::Channel,
-    service: &'static str,
-    endpoint: Endpoint,
-    serving: Arc<AtomicBool>,
-) {
+pub(crate) async fn watch_health(conn: tonic::transport::Channel, state: std::sync::Weak<EndpointState>) {
     loop {
+        let Some(service) = state.upgrade().map(|s| s.service) else { return };
         let request = HealthCheckRequest { service: service.to_owned() };
         match HealthClient::new(conn.clone()).watch(request).await {
             Ok(response) => {
                 let mut updates = response.into_inner();
                 while let Some(Ok(update)) = updates.next().await {
+                    let Some(state) = state.upgrade() else { return };
                     let now_serving = update.status() != ServingStatus::NotServing;
-                    if serving.swap(now_serving, Ordering::Relaxed) != now_serving {
-                        tracing::debug!(%endpoint, service, serving = now_serving, "health changed");
+                    if state.set_serving(now_serving) {
+                        tracing::debug!(endpoint = %state.endpoint, service, serving = now_serving, "health changed");
                     }
                 }
             }
             Err(status) if status.code() == tonic::Code::Unimplemented => {
-                serving.store(true, Ordering::Relaxed);
+                if let Some(state) = state.upgrade() {
+                    state.set_serving(true);
+                }
                 return;
             }
             // Unreachable for now: passive health and the registry decide.

@@ -1,20 +1,4 @@
-//! Circuit breaking, per method of a target service.
-//!
-//! *Closed* is normal: calls go through and consecutive failures are
-//! counted. After [`FAILURES_TO_OPEN`] failures in a row the breaker *opens*:
-//! calls fail at once with `UNAVAILABLE`, naming the method, the service and
-//! the last failure, instead of queueing behind a target that is down. After
-//! the open period the breaker is *half-open*: one call at a time goes
-//! through as a probe; a success closes the breaker, a failure opens it again
-//! for twice as long (up to [`MAX_OPEN`]).
-//!
-//! The same state machine ejects a failing endpoint from the balancer (see
-//! `Breaker::for_endpoint`): ejected is open, and the probe is the single
-//! call that may bring the endpoint back.
-//!
-//! Only failures that say something about the target count: transport
-//! errors, `UNAVAILABLE` and `DEADLINE_EXCEEDED`. Application errors such as
-//! `NOT_FOUND` are answers, and the breaker's own refusals are never counted.
+//! The state machine: closed, open, half-open; see the [layer docs](super).
 
 use std::time::Duration;
 

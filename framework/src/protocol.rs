@@ -1,6 +1,38 @@
-//! The `grpc-timeout` header: `TimeoutValue TimeoutUnit`, at most 8 digits.
+//! What goes over the wire that both the client and the server read or
+//! write: the `grpc-timeout` codec, the pushback and unprocessed headers,
+//! and the paths of the services every Trellis server carries.
 
 use std::time::Duration;
+
+/// The header a Trellis server sets on a response to a call it refused
+/// before running any handler (load shedding, draining), so a client may
+/// retry any method, even one with side effects.
+pub const UNPROCESSED: &str = "trellis-unprocessed";
+
+/// The server's hint of how long to wait before retrying, in milliseconds;
+/// a negative value means "do not retry" (gRFC A6).
+pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+
+/// The path prefix of the services every server carries (health,
+/// reflection), which load shedding and fault injection leave alone.
+pub const BUILTIN_PREFIX: &str = "/grpc.";
+
+/// The health service's name.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// The paths of the streaming methods of the services every server carries.
+pub const BUILTIN_STREAMING_PATHS: [&str; 3] = [
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// Whether `path` belongs to a service every server carries.
+pub fn is_builtin(path: &str) -> bool {
+    path.starts_with(BUILTIN_PREFIX)
+}
+
+// The `grpc-timeout` header: `TimeoutValue TimeoutUnit`, at most 8 digits.
 
 /// The header that carries a call's deadline, relative to when it was sent.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";

@@ -1,0 +1,112 @@
+//! The client's own settings, per called service: `trellis::config`
+//! composes them into the configuration file's `[clients."SERVICE"]`
+//! sections.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Balance;
+use crate::registry::Registry;
+
+/// How this service calls one other service. Overrides what the proto says.
+///
+/// ```toml
+/// [clients."order.payment.v1.OrderPayment"]
+/// balance = "round_robin"            # peak_ewma (default), round_robin, consistent_hash
+///
+/// [clients."order.payment.v1.OrderPayment".methods.GetPayment]
+/// timeout = "500ms"                  # the call's default deadline
+/// max_attempts = 2                   # attempts when retrying is safe, the first included
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// How calls are spread over the instances.
+    pub balance: Option<Balance>,
+    /// Per-method overrides, by method name as in the proto.
+    pub methods: BTreeMap<String, MethodConfig>,
+}
+
+/// Overrides for one method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MethodConfig {
+    /// The default deadline of a call.
+    #[serde(with = "crate::duration::optional")]
+    pub timeout: Option<Duration>,
+    /// Attempts when retrying is safe, the first included (1 disables retries).
+    pub max_attempts: Option<u32>,
+}
+
+/// What channels are made from: the registry their instances are found in,
+/// and the configured settings per called service. A [`Registry`] alone
+/// converts into one with no settings (each method's policy from its proto
+/// applies); the application [`Context`](crate::Context) converts into one
+/// with the `[clients."SERVICE"]` sections of its configuration.
+///
+/// ```
+/// use trellis::client::{Balance, ClientConfig, Clients};
+///
+/// let registry = trellis::Registry::from_url("static://").unwrap();
+/// let clients = Clients::new(registry).with_config(
+///     "order.payment.v1.OrderPayment",
+///     ClientConfig { balance: Some(Balance::RoundRobin), ..ClientConfig::default() },
+/// );
+/// assert_eq!(clients.config("order.payment.v1.OrderPayment").balance, Some(Balance::RoundRobin));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Clients {
+    registry: Registry,
+    /// By lowercased service name, as environment variables are lowercased.
+    configs: Arc<BTreeMap<String, ClientConfig>>,
+}
+
+impl Clients {
+    /// Channels through `registry`, with no settings of their own.
+    pub fn new(registry: Registry) -> Self {
+        Clients { registry, configs: Arc::default() }
+    }
+
+    /// The same, with `configs` by full service name.
+    pub fn with_configs(mut self, configs: BTreeMap<String, ClientConfig>) -> Self {
+        let normalized = configs.into_iter().map(|(service, config)| (service.to_ascii_lowercase(), config));
+        Arc::make_mut(&mut self.configs).extend(normalized);
+        self
+    }
+
+    /// The same, with `config` for calls to `service` (a full name).
+    pub fn with_config(self, service: &str, config: ClientConfig) -> Self {
+        self.with_configs(BTreeMap::from([(service.to_owned(), config)]))
+    }
+
+    /// The registry instances are found in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The settings for calls to `service` (matched ignoring case).
+    pub fn config(&self, service: &str) -> ClientConfig {
+        self.configs.get(&service.to_ascii_lowercase()).cloned().unwrap_or_default()
+    }
+}
+
+impl From<Registry> for Clients {
+    fn from(registry: Registry) -> Self {
+        Clients::new(registry)
+    }
+}
+
+impl From<&Registry> for Clients {
+    fn from(registry: &Registry) -> Self {
+        Clients::new(registry.clone())
+    }
+}
+
+impl From<&Clients> for Clients {
+    fn from(clients: &Clients) -> Self {
+        clients.clone()
+    }
+}

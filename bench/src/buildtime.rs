@@ -77,10 +77,13 @@ fn codegen(workspace: &Path, scratch: &Path, reps: usize) -> serde_json::Value {
             return json!({ "error": err.to_string() });
         }
         let started = Instant::now();
+        // The order protos import `google/api/annotations.proto`, which
+        // trellis-build ships (and wrote above); protoc needs it on its path.
+        let tonic_includes = [includes[0].clone(), scratch.join("codegen-trellis/trellis-include")];
         let result = tonic_prost_build::configure()
             .out_dir(&out)
             .emit_rerun_if_changed(false)
-            .compile_protos(&protos, &includes);
+            .compile_protos(&protos, &tonic_includes);
         let elapsed = started.elapsed();
         if let Err(err) = result {
             eprintln!("build: tonic-prost-build failed on the order protos: {err}");
@@ -204,6 +207,15 @@ fn clean_build(workspace: &Path, scratch: &Path, kind: Kind) -> Result<BuildTime
     let proto = std::fs::read_to_string(workspace.join(ORDER_PROTOS[0]))
         .map_err(|e| format!("cannot read {}: {e}", ORDER_PROTOS[0]))?;
     write("proto/payment.proto", &proto)?;
+    if let Kind::Tonic = kind {
+        // The proto imports `google/api/annotations.proto`, which trellis-build
+        // ships; a tonic-only crate carries its own copy.
+        for name in ["google/api/annotations.proto", "google/api/http.proto"] {
+            let text = std::fs::read_to_string(workspace.join("codegen/proto").join(name))
+                .map_err(|e| format!("cannot read codegen/proto/{name}: {e}"))?;
+            write(&format!("proto/{name}"), &text)?;
+        }
+    }
     write("src/main.rs", &main_rs(kind))?;
     write("build.rs", &build_rs(kind))?;
     write("Cargo.toml", &cargo_toml(workspace, kind))?;

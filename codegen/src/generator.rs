@@ -9,6 +9,7 @@ use prost_build::{Method, Service};
 use quote::{format_ident, quote};
 
 use crate::policy::{self, Policy};
+use crate::{http, names};
 
 /// Where generated code finds everything it uses, so a service crate needs no
 /// direct dependency on tonic or prost.
@@ -25,15 +26,46 @@ pub(crate) struct TrellisGenerator {
     pub(crate) descriptor_set: String,
     /// The checked `(trellis.method)` options, by method full name.
     pub(crate) policies: HashMap<String, Policy>,
+    /// The checked `google.api.http` rules, by method full name.
+    pub(crate) http_rules: HashMap<String, http::Rule>,
+    /// The OpenAPI document of each service with REST routes, by full name.
+    pub(crate) openapi: HashMap<String, String>,
 }
 
 impl prost_build::ServiceGenerator for TrellisGenerator {
-    fn generate(&mut self, service: Service, buf: &mut String) {
+    fn generate(&mut self, mut service: Service, buf: &mut String) {
+        let original: Vec<String> = service.methods.iter().map(|m| m.name.clone()).collect();
+        names::resolve(&mut service);
+        for (method, original) in service.methods.iter_mut().zip(&original) {
+            if method.name != *original {
+                let why = if names::RESERVED.contains(&original.trim_start_matches("r#")) {
+                    "is taken by the generated client or server"
+                } else {
+                    "is the name of an earlier method of this service"
+                };
+                if !method.comments.leading.is_empty() {
+                    method.comments.leading.push(String::new());
+                }
+                method.comments.leading.push(format!(
+                    " Named `{}` in Rust: `{original}` {why} (see the trellis-build docs, \"Method names\").",
+                    method.name
+                ));
+            }
+        }
         let mut tonic_code = String::new();
         self.tonic.generate(service.clone(), &mut tonic_code);
+        let tonic_code = names::unshadow_server_trait(&service, &tonic_code);
+        let tonic_code = names::allow_proto_cased_types(&tonic_code);
         buf.push_str(&route_tonic_paths(&tonic_code));
 
-        let tokens = trellis_tokens(&service, self.build_client, self.build_server, &self.policies);
+        let tokens = trellis_tokens(
+            &service,
+            self.build_client,
+            self.build_server,
+            &self.policies,
+            &self.http_rules,
+            &self.openapi,
+        );
         buf.push_str(&render(tokens));
     }
 
@@ -81,6 +113,8 @@ fn trellis_tokens(
     build_client: bool,
     build_server: bool,
     policies: &HashMap<String, Policy>,
+    http_rules: &HashMap<String, http::Rule>,
+    openapi: &HashMap<String, String>,
 ) -> TokenStream {
     let codegen: syn::Path = syn::parse_str(CODEGEN).expect("CODEGEN is a valid path");
     let full_name = if service.package.is_empty() {
@@ -97,11 +131,44 @@ fn trellis_tokens(
     let client_type = format_ident!("{}Client", service.name);
     let server_type = format_ident!("{}Server", service.name);
     let server_trait = format_ident!("{}", service.name);
-    let methods = service.methods.iter().map(|method| {
-        let policy = policies.get(&format!("{full_name}.{}", method.proto_name));
-        method_tokens(&codegen, &full_name, method, policy)
-    });
+    // Each method's HTTP rule is a constant of its own, which the method's
+    // descriptor refers to.
+    let mut rule_consts = TokenStream::new();
+    let methods: Vec<TokenStream> = service
+        .methods
+        .iter()
+        .map(|method| {
+            let method_full_name = format!("{full_name}.{}", method.proto_name);
+            let policy = policies.get(&method_full_name);
+            let rule_const = http_rules.get(&method_full_name).map(|rule| {
+                let rust_name = method.name.trim_start_matches("r#").to_shouty_snake_case();
+                let ident = format_ident!("{shouty}_{rust_name}_HTTP_RULE");
+                let rule = http::tokens(&codegen, rule);
+                let doc =
+                    format!(" The REST route of `{method_full_name}`, from its `google.api.http` option.");
+                rule_consts.extend(quote! {
+                    #[doc = #doc]
+                    pub const #ident: #codegen::HttpRule = #rule;
+                });
+                ident
+            });
+            method_tokens(&codegen, &full_name, method, policy, rule_const)
+        })
+        .collect();
 
+    let openapi_tokens = openapi.get(&full_name).map(|document| {
+        let ident = format_ident!("{shouty}_OPENAPI");
+        let doc = format!(" The OpenAPI 3 document of the REST routes of `{full_name}`, as JSON.");
+        (
+            ident.clone(),
+            quote! {
+                #[doc = #doc]
+                pub const #ident: &str = #document;
+            },
+        )
+    });
+    let with_openapi = openapi_tokens.as_ref().map(|(ident, _)| quote!(.with_openapi(#ident)));
+    let openapi_const = openapi_tokens.map(|(_, tokens)| tokens);
     let name_doc = format!(" The full protobuf name of `{full_name}`.");
     let descriptor_doc =
         format!(" How Trellis sees `{full_name}`: its methods, their policy, and its protos.");
@@ -114,7 +181,11 @@ fn trellis_tokens(
             #name_const,
             &[#(#methods),*],
             FILE_DESCRIPTOR_SET,
-        );
+        )
+        #with_openapi;
+
+        #rule_consts
+        #openapi_const
     };
 
     if build_client {
@@ -161,6 +232,7 @@ fn method_tokens(
     full_name: &str,
     method: &Method,
     policy: Option<&Policy>,
+    http_rule: Option<syn::Ident>,
 ) -> TokenStream {
     let name = &method.proto_name;
     let path = format!("/{full_name}/{name}");
@@ -176,6 +248,7 @@ fn method_tokens(
         (true, true) => quote!(BidiStreaming),
     };
     let policy = policy.map(|policy| policy::tokens(codegen, policy));
+    let http_rule = http_rule.map(|rule| quote!(.with_http_rule(&#rule)));
     quote! {
         #codegen::MethodDescriptor::new(
             #name,
@@ -184,6 +257,7 @@ fn method_tokens(
             #codegen::StreamingKind::#kind,
         )
         #policy
+        #http_rule
     }
 }
 

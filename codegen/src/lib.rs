@@ -24,7 +24,10 @@
 //! - `FooClient`, the typed client over Trellis's channel, with
 //!   `FooClient::discover(&registry)` to connect by service name;
 //! - an impl that lets `trellis::Server` add `FooServer::new(handler)` in one
-//!   line, with health and reflection set up for it.
+//!   line, with health and reflection set up for it;
+//! - `FOO_METHOD_HTTP_RULE`, for each method with a `google.api.http` route,
+//!   and `FOO_OPENAPI`, the OpenAPI 3 document (JSON) of the service's routes,
+//!   which the Trellis server serves at `/openapi.json`.
 //!
 //! Generated code refers to tonic and prost only through `trellis::codegen`,
 //! so a service crate depends on `trellis` alone.
@@ -78,11 +81,105 @@
 //! error: proto/accounts/v1/accounts.proto:15:5: method accounts.v1.Accounts.Rename: hedging sends a call twice; mark the method `option idempotency_level = IDEMPOTENT;` (or NO_SIDE_EFFECTS), or remove the hedge
 //! ```
 //!
+//! # REST routes per method
+//!
+//! A method can also say how it is reached over HTTP/JSON, with the
+//! `google.api.http` option of `google/api/annotations.proto` (the
+//! [`HttpRule`] of Google's API guidelines, as grpc-gateway and Envoy read
+//! it). `trellis-build` ships that file and `google/api/http.proto` the same
+//! way as `trellis/options.proto`: no setup, and no Rust code for them in
+//! your crate.
+//!
+//! ```proto
+//! import "google/api/annotations.proto";
+//!
+//! service Accounts {
+//!   rpc GetAccount(GetAccountRequest) returns (Account) {
+//!     option (google.api.http) = {
+//!       get: "/v1/{name=tenants/*}/accounts/{account_id}"
+//!       additional_bindings { get: "/v1/accounts/{account_id}" }
+//!     };
+//!   }
+//!   rpc CreateAccount(CreateAccountRequest) returns (Account) {
+//!     option (google.api.http) = { post: "/v1/accounts" body: "account" };
+//!   }
+//! }
+//! ```
+//!
+//! Every rule is checked at build time, and a bad one fails the build with
+//! `file:line:column: method ...: problem; fix`:
+//!
+//! - the path is `/` then segments: literals, `*` (one segment), `**` (the
+//!   rest of the path, so only last), `{field}` or `{field=pattern}` with a
+//!   pattern of literals, `*` and `**`, then an optional `:verb`;
+//! - a path variable names a singular scalar or enum field of the request,
+//!   through singular message fields (`{address.city}`), and binds it once;
+//! - `body` is `*` or a top-level request field not bound by the path, and
+//!   a GET or DELETE has none; `response_body` is a top-level response field;
+//! - `additional_bindings` are one level deep, and a rule sets one HTTP method
+//!   and no `selector`;
+//! - no two routes of the compiled services match the same requests (the same
+//!   HTTP method, and paths equal but for the names of their variables).
+//!
+//! ```text
+//! error: proto/accounts/v1/accounts.proto:9:5: method accounts.v1.Accounts.CreateAccount: route `POST /v1/accounts` matches the same requests as `POST /v1/accounts` of method accounts.v1.Accounts.Import; change the path or the HTTP method of one of them
+//! ```
+//!
+//! The checked rule, its path parsed into segments, is in the method's
+//! [`MethodDescriptor`] (`http_rule()`) and in a constant per method,
+//! `FOO_METHOD_HTTP_RULE` (`ACCOUNTS_GET_ACCOUNT_HTTP_RULE`, named after the
+//! method's Rust name).
+//!
+//! # Method names
+//!
+//! Every valid proto compiles. A method is named in Rust as prost names it:
+//! its proto name in `snake_case`, a Rust keyword made raw (`rpc Type` is
+//! `r#type`) or, where Rust allows no raw form, given a trailing `_` (`rpc
+//! Self` is `self_`). That name is a method of the generated client
+//! `FooClient` and of the server trait `Foo`. When it is one of the names
+//! below, or the name an earlier method of the same service already has
+//! (`GetItem` and `getItem` are both `get_item`), it gets `_rpc` appended, as
+//! many times as it takes to be unique:
+//!
+//! | name | defined by |
+//! |---|---|
+//! | `new`, `with_origin`, `with_interceptor`, `send_compressed`, `accept_compressed`, `max_decoding_message_size`, `max_encoding_message_size` | tonic's client (and its `FooServer`) |
+//! | `connect` | tonic's client over tonic's own transport |
+//! | `discover` | Trellis's client |
+//! | `from_arc` | tonic's `FooServer` |
+//! | `poll_ready`, `call` | `tower::Service`, which `FooServer` implements |
+//! | `clone`, `clone_from`, `fmt` | `Clone` and `Debug`, which the client and `FooServer` implement and a handler usually derives |
+//! | `get_ref`, `get_mut`, `into_inner` | kept free for wrapper accessors, so adding them never renames a method |
+//!
+//! ```proto
+//! service Accounts {
+//!   rpc New(Req) returns (Account);       // new_rpc: `new` is the client's constructor
+//!   rpc Call(Req) returns (Account);      // call_rpc
+//!   rpc Type(Req) returns (Account);      // r#type
+//!   rpc GetItem(Req) returns (Item);      // get_item
+//!   rpc getItem(Req) returns (Item);      // get_item_rpc: the name of an earlier method
+//! }
+//! ```
+//!
+//! Names that stay as they are are given out first: had the service also an
+//! `rpc NewRpc`, that one would be `new_rpc` and `New` would be
+//! `new_rpc_rpc`. The proto
+//! name is untouched: the method's path on the wire, its
+//! [`MethodDescriptor`] name, and a server-streaming method's response type
+//! (`type NewStream`) keep it. The generated docs of a renamed method say why
+//! it was renamed.
+//!
 //! [`ServiceDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.ServiceDescriptor.html
 //! [`MethodPolicy`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodPolicy.html
+//! [`MethodDescriptor`]: https://docs.rs/trellis/latest/trellis/codegen/struct.MethodDescriptor.html
+//! [`HttpRule`]: https://docs.rs/trellis/latest/trellis/codegen/struct.HttpRule.html
 
 mod error;
 mod generator;
+mod http;
+mod include;
+mod names;
+mod openapi;
 mod policy;
 
 use std::path::{Path, PathBuf};
@@ -164,9 +261,9 @@ impl Builder {
         };
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
 
-        // `trellis/options.proto` comes after the user's folders, which may hold
-        // a copy of their own.
-        let options_include = policy::write_include(&out_dir)?;
+        // The shipped protos (`trellis/options.proto`, `google/api/*.proto`)
+        // come after the user's folders, which may hold copies of their own.
+        let options_include = include::write(&out_dir)?;
         let search_path: Vec<&Path> =
             includes.iter().map(PathBuf::as_path).chain([options_include.as_path()]).collect();
         let mut compiler = protox::Compiler::new(search_path).map_err(|e| Error::proto(e, &includes))?;
@@ -186,7 +283,10 @@ impl Builder {
             }
         }
 
-        let policies = policy::read(&compiler.descriptor_pool(), &includes)?;
+        let pool = compiler.descriptor_pool();
+        let policies = policy::read(&pool, &includes)?;
+        let http_rules = http::read(&pool, &includes)?;
+        let openapi = openapi::documents(&pool, &http_rules);
 
         let descriptor_path = out_dir.join(DESCRIPTOR_SET_FILE);
         std::fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
@@ -220,11 +320,13 @@ impl Builder {
                 build_server: self.build_server,
                 descriptor_set,
                 policies,
+                http_rules,
+                openapi,
             }));
         // The options are read above; the messages of `trellis/options.proto`
-        // need no Rust code in the user's crate.
+        // and `google/api/*.proto` need no Rust code in the user's crate.
         let mut files = compiler.file_descriptor_set();
-        files.file.retain(|file| file.name() != policy::OPTIONS_PROTO);
+        include::drop_option_files(&mut files.file);
         config.compile_fds(files).map_err(|e| Error::io(&out_dir, e))
     }
 }

@@ -2,7 +2,7 @@
 //! compiled protos, checked, and turned into `MethodPolicy` tokens.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use proc_macro2::{Literal, TokenStream};
@@ -14,13 +14,6 @@ use crate::Error;
 
 /// The name under which protos import the options.
 pub(crate) const OPTIONS_PROTO: &str = "trellis/options.proto";
-
-/// The text of `trellis/options.proto`, written under the output directory so
-/// that the import works with no setup.
-const OPTIONS_PROTO_TEXT: &str = include_str!("../proto/trellis/options.proto");
-
-/// The folder, under the output directory, that holds `trellis/options.proto`.
-const INCLUDE_DIR: &str = "trellis-include";
 
 /// The extension's full name and field number in `MethodOptions`.
 const EXTENSION: &str = "trellis.method";
@@ -37,20 +30,6 @@ const HEDGE_MAX_ATTEMPTS: i32 = 2;
 
 /// The most attempts a retry policy may allow.
 const MAX_RETRY_ATTEMPTS: u32 = 10;
-
-/// Writes `trellis/options.proto` under `out_dir` (unless it is there
-/// already, so its timestamp stays put) and returns the include path to add.
-pub(crate) fn write_include(out_dir: &Path) -> Result<PathBuf, Error> {
-    let dir = out_dir.join(INCLUDE_DIR);
-    let path = dir.join(OPTIONS_PROTO);
-    if std::fs::read_to_string(&path).is_ok_and(|text| text == OPTIONS_PROTO_TEXT) {
-        return Ok(dir);
-    }
-    let parent = path.parent().unwrap_or(&dir);
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    std::fs::write(&path, OPTIONS_PROTO_TEXT).map_err(|e| Error::io(&path, e))?;
-    Ok(dir)
-}
 
 /// The policy of one method, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +82,7 @@ pub(crate) fn read(pool: &DescriptorPool, includes: &[PathBuf]) -> Result<HashMa
             }
             if let Some(option) = options.get_extension(&extension).as_message() {
                 let policy = check(&method, option).map_err(|(path, message)| {
-                    let position = position(&method, &path);
+                    let position = option_position(&method, EXTENSION_NUMBER, &path);
                     let message = format!("method {}: {message}", method.full_name());
                     Error::at(method.parent_file().name(), position, message, includes)
                 })?;
@@ -231,7 +210,7 @@ fn check_hash_key(method: &MethodDescriptor, name: &str) -> Result<HashKey, Prob
     Ok(HashKey { name: name.to_owned(), number: field.number(), kind })
 }
 
-fn type_name(field: &prost_reflect::FieldDescriptor) -> String {
+pub(crate) fn type_name(field: &prost_reflect::FieldDescriptor) -> String {
     let kind = match field.kind() {
         Kind::Message(message) if field.is_map() => {
             let key = message.map_entry_key_field().kind();
@@ -267,12 +246,17 @@ fn duration(text: &str) -> Option<Duration> {
 }
 
 /// The 1-based line and column of the most precise source location known for
-/// `field_path` under the method's `(trellis.method)` option.
-fn position(method: &MethodDescriptor, field_path: &[i32]) -> Option<(usize, usize)> {
+/// `field_path` under the method's option numbered `extension` (falling back
+/// to the option, then to the method).
+pub(crate) fn option_position(
+    method: &MethodDescriptor,
+    extension: i32,
+    field_path: &[i32],
+) -> Option<(usize, usize)> {
     let file = method.parent_file();
     let locations = &file.file_descriptor_proto().source_code_info.as_ref()?.location;
     let mut path = method.path().to_vec();
-    path.extend([METHOD_OPTIONS, EXTENSION_NUMBER]);
+    path.extend([METHOD_OPTIONS, extension]);
     path.extend(field_path);
     let method_len = method.path().len();
     (method_len..=path.len()).rev().find_map(|len| {

@@ -12,8 +12,9 @@ pub use tonic_prost::ProstCodec;
 
 pub use crate::client::{Channel, Clients};
 pub use crate::descriptor::{
-    DescribedService, HashKeyField, HashKeyKind, HedgePolicy, Idempotency, MethodDescriptor, MethodPolicy,
-    ServiceDescriptor, StreamingKind,
+    DescribedService, HashKeyField, HashKeyKind, HedgePolicy, HttpMethod, HttpRule, Idempotency,
+    MethodDescriptor, MethodPolicy, PathSegment, PathTemplate, PathVariable, ServiceDescriptor,
+    StreamingKind,
 };
 pub use crate::error::Error;
 pub use crate::registry::Registry;

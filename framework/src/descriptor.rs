@@ -53,6 +53,7 @@ pub struct MethodDescriptor {
     idempotency: Idempotency,
     kind: StreamingKind,
     policy: MethodPolicy,
+    http_rule: Option<&'static HttpRule>,
 }
 
 impl MethodDescriptor {
@@ -63,12 +64,17 @@ impl MethodDescriptor {
         idempotency: Idempotency,
         kind: StreamingKind,
     ) -> Self {
-        MethodDescriptor { name, path, idempotency, kind, policy: MethodPolicy::DEFAULT }
+        MethodDescriptor { name, path, idempotency, kind, policy: MethodPolicy::DEFAULT, http_rule: None }
     }
 
     /// The same method with the call policy set in its proto.
     pub const fn with_policy(self, policy: MethodPolicy) -> Self {
         MethodDescriptor { policy, ..self }
+    }
+
+    /// The same method with the REST route of its `google.api.http` option.
+    pub const fn with_http_rule(self, rule: &'static HttpRule) -> Self {
+        MethodDescriptor { http_rule: Some(rule), ..self }
     }
 
     /// The method's name as written in the proto, such as `GetPayment`.
@@ -95,6 +101,185 @@ impl MethodDescriptor {
     /// [`MethodPolicy::DEFAULT`].
     pub const fn policy(&self) -> &MethodPolicy {
         &self.policy
+    }
+
+    /// The REST route from the proto's `google.api.http` option, checked by
+    /// `trellis-build`; `None` when the method has none.
+    pub const fn http_rule(&self) -> Option<&'static HttpRule> {
+        self.http_rule
+    }
+}
+
+/// How a method is reached over HTTP/JSON: the `google.api.http` option of
+/// `google/api/annotations.proto`, as `trellis-build` checked it.
+///
+/// `trellis-build` has made sure that the path parses, that every path
+/// variable names a singular scalar (or enum) field of the request, that the
+/// body is `*` or a top-level request field, that GET and DELETE carry no
+/// body, and that no two routes of the compiled services are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HttpRule {
+    method: HttpMethod,
+    path: PathTemplate,
+    body: Option<&'static str>,
+    response_body: Option<&'static str>,
+    additional_bindings: &'static [HttpRule],
+}
+
+impl HttpRule {
+    /// A route with no body, the whole response as the HTTP response body,
+    /// and no additional bindings.
+    pub const fn new(method: HttpMethod, path: PathTemplate) -> Self {
+        HttpRule { method, path, body: None, response_body: None, additional_bindings: &[] }
+    }
+
+    /// Sets `body`: `"*"` for every request field the path does not bind, or
+    /// the name of one top-level request field.
+    pub const fn with_body(self, body: &'static str) -> Self {
+        HttpRule { body: Some(body), ..self }
+    }
+
+    /// Sets `response_body`: the top-level response field sent as the HTTP
+    /// response body instead of the whole response.
+    pub const fn with_response_body(self, response_body: &'static str) -> Self {
+        HttpRule { response_body: Some(response_body), ..self }
+    }
+
+    /// Sets the other routes to the same method (`additional_bindings`); they
+    /// have none of their own.
+    pub const fn with_additional_bindings(self, bindings: &'static [HttpRule]) -> Self {
+        HttpRule { additional_bindings: bindings, ..self }
+    }
+
+    /// The HTTP method.
+    pub const fn method(&self) -> HttpMethod {
+        self.method
+    }
+
+    /// The path template, such as `/v1/payments/{order_id}`.
+    pub const fn path(&self) -> &PathTemplate {
+        &self.path
+    }
+
+    /// `"*"`, a top-level request field, or `None` when the request has no
+    /// body (its fields not in the path are query parameters).
+    pub const fn body(&self) -> Option<&'static str> {
+        self.body
+    }
+
+    /// The response field sent as the body, or `None` for the whole response.
+    pub const fn response_body(&self) -> Option<&'static str> {
+        self.response_body
+    }
+
+    /// The other routes to the same method.
+    pub const fn additional_bindings(&self) -> &'static [HttpRule] {
+        self.additional_bindings
+    }
+}
+
+/// The HTTP method of an [`HttpRule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpMethod {
+    /// `get`.
+    Get,
+    /// `put`.
+    Put,
+    /// `post`.
+    Post,
+    /// `delete`.
+    Delete,
+    /// `patch`.
+    Patch,
+    /// `custom`, with its kind, such as `HEAD` or `OPTIONS`.
+    Custom(&'static str),
+}
+
+impl HttpMethod {
+    /// The method as it is written in an HTTP request: `GET`, `POST`, ...
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Post => "POST",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Custom(kind) => kind,
+        }
+    }
+}
+
+/// A parsed path template of an [`HttpRule`]:
+/// `"/" segment { "/" segment } [ ":" verb ]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathTemplate {
+    text: &'static str,
+    segments: &'static [PathSegment],
+    verb: Option<&'static str>,
+}
+
+impl PathTemplate {
+    /// The template `text`, parsed into `segments` and `verb`.
+    pub const fn new(
+        text: &'static str,
+        segments: &'static [PathSegment],
+        verb: Option<&'static str>,
+    ) -> Self {
+        PathTemplate { text, segments, verb }
+    }
+
+    /// The template as written in the proto.
+    pub const fn text(&self) -> &'static str {
+        self.text
+    }
+
+    /// The segments between the slashes, in order.
+    pub const fn segments(&self) -> &'static [PathSegment] {
+        self.segments
+    }
+
+    /// The custom verb after the last `:`, as in `/v1/orders/{id}:cancel`.
+    pub const fn verb(&self) -> Option<&'static str> {
+        self.verb
+    }
+}
+
+/// One segment of a [`PathTemplate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathSegment {
+    /// Text that must match exactly.
+    Literal(&'static str),
+    /// `*`: one segment.
+    Wildcard,
+    /// `**`: the rest of the path, zero or more segments; always last.
+    DoubleWildcard,
+    /// `{field}` or `{field=segments}`: what the segments match binds a
+    /// request field.
+    Variable(PathVariable),
+}
+
+/// A `{field=segments}` segment of a [`PathTemplate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathVariable {
+    field_path: &'static [&'static str],
+    segments: &'static [PathSegment],
+}
+
+impl PathVariable {
+    /// The variable binding the field at `field_path` (`["address", "city"]`
+    /// for `{address.city}`) to what `segments` match; `{id}` is `{id=*}`.
+    pub const fn new(field_path: &'static [&'static str], segments: &'static [PathSegment]) -> Self {
+        PathVariable { field_path, segments }
+    }
+
+    /// The names from the request message down to the bound field.
+    pub const fn field_path(&self) -> &'static [&'static str] {
+        self.field_path
+    }
+
+    /// What the variable matches: literals and wildcards, never a variable.
+    pub const fn segments(&self) -> &'static [PathSegment] {
+        self.segments
     }
 }
 
@@ -267,6 +452,7 @@ pub struct ServiceDescriptor {
     name: &'static str,
     methods: &'static [MethodDescriptor],
     file_descriptor_set: &'static [u8],
+    openapi: Option<&'static str>,
 }
 
 impl ServiceDescriptor {
@@ -276,7 +462,18 @@ impl ServiceDescriptor {
         methods: &'static [MethodDescriptor],
         file_descriptor_set: &'static [u8],
     ) -> Self {
-        ServiceDescriptor { name, methods, file_descriptor_set }
+        ServiceDescriptor { name, methods, file_descriptor_set, openapi: None }
+    }
+
+    /// The same service with the OpenAPI 3 document (JSON) of its REST routes.
+    pub const fn with_openapi(self, document: &'static str) -> Self {
+        ServiceDescriptor { openapi: Some(document), ..self }
+    }
+
+    /// The OpenAPI 3 document (JSON) that `trellis-build` generated for the
+    /// service's `google.api.http` routes; `None` when it has none.
+    pub const fn openapi(&self) -> Option<&'static str> {
+        self.openapi
     }
 
     /// The full protobuf name, such as `order.payment.v1.OrderPayment`.
@@ -341,6 +538,44 @@ mod tests {
         let key = policy.hash_key().expect("hash key");
         assert_eq!((key.name(), key.number(), key.kind().wire_type()), ("user_id", 2, 0));
         assert_eq!((TUNED.name(), TUNED.path()), (PLAIN.name(), PLAIN.path()));
+    }
+
+    const SHELF_BOOKS: HttpRule = HttpRule::new(
+        HttpMethod::Get,
+        PathTemplate::new(
+            "/v1/{name=shelves/*}/books/{id}:read",
+            &[
+                PathSegment::Literal("v1"),
+                PathSegment::Variable(PathVariable::new(
+                    &["name"],
+                    &[PathSegment::Literal("shelves"), PathSegment::Wildcard],
+                )),
+                PathSegment::Literal("books"),
+                PathSegment::Variable(PathVariable::new(&["id"], &[PathSegment::Wildcard])),
+            ],
+            Some("read"),
+        ),
+    )
+    .with_response_body("book")
+    .with_additional_bindings(&[HttpRule::new(
+        HttpMethod::Custom("HEAD"),
+        PathTemplate::new("/v1/books/**", &[PathSegment::Literal("v1"), PathSegment::DoubleWildcard], None),
+    )]);
+    static ROUTED: MethodDescriptor = PLAIN.with_http_rule(&SHELF_BOOKS);
+
+    #[test]
+    fn an_http_rule_builds_in_a_static() {
+        assert_eq!(PLAIN.http_rule(), None);
+        let rule = ROUTED.http_rule().expect("rule");
+        assert_eq!((rule.method().as_str(), rule.body(), rule.response_body()), ("GET", None, Some("book")));
+        assert_eq!(rule.path().verb(), Some("read"));
+        let PathSegment::Variable(name) = rule.path().segments()[1] else { panic!("{:?}", rule.path()) };
+        assert_eq!(name.field_path(), ["name"]);
+        assert_eq!(name.segments(), [PathSegment::Literal("shelves"), PathSegment::Wildcard]);
+        let head = rule.additional_bindings()[0];
+        assert_eq!((head.method().as_str(), head.path().text()), ("HEAD", "/v1/books/**"));
+        assert_eq!(head.additional_bindings(), []);
+        assert_eq!(ROUTED.policy(), PLAIN.policy());
     }
 
     #[test]

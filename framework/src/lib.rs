@@ -38,6 +38,8 @@
 //!   in A/AAAA or SRV records, through hickory-resolver.
 //! - `etcd` (off by default): the `etcd://` [registry] backend, on the
 //!   `etcd-client` crate, whose build needs `protoc`.
+//! - `rest` (default): REST/JSON on the gRPC port from the protos'
+//!   `google.api.http` routes ([gateway]), through `prost-reflect`.
 
 pub mod app;
 pub mod client;
@@ -47,6 +49,7 @@ pub mod context;
 mod descriptor;
 mod duration;
 mod error;
+pub mod gateway;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -1,5 +1,6 @@
-//! A broken proto, or a `(trellis.method)` option out of range or unsafe,
-//! fails the build with `file:line:column: message`, and
+//! A broken proto, a `(trellis.method)` option out of range or unsafe, or a
+//! `google.api.http` rule that is malformed or collides with another, fails
+//! the build with `file:line:column: message`, and
 //! `trellis_build::compile` exits with that message rather than a panic.
 
 use std::path::Path;
@@ -220,4 +221,172 @@ fn a_hash_key_on_a_client_stream_is_rejected() {
     let text =
         policy_error("Get(stream Req) returns (Req)", "    option (trellis.method).hash_key = \"id\";\n");
     assert!(text.contains("client-streaming method") && text.contains("remove the hash_key"), "{text}");
+}
+
+/// A service whose method `Get` has `get_body` as its options and whose
+/// method `Other` has `other_body`; `Get` is on line 7, its body from line 8.
+fn http_proto(get_body: &str, other_body: &str) -> String {
+    format!(
+        "syntax = \"proto3\";\npackage shop.v1;\n\nimport \"google/api/annotations.proto\";\n\n\
+         service Shop {{\n  rpc Get(Req) returns (Req) {{\n{get_body}  }}\n  rpc Other(Req) returns (Req) {{\n{other_body}  }}\n}}\n\n\
+         message Req {{\n  string id = 1;\n  repeated string tags = 2;\n  Address address = 3;\n  double weight = 4;\n}}\n\n\
+         message Address {{\n  string city = 1;\n}}\n"
+    )
+}
+
+/// The error for a `google.api.http` option on `Get`, with checks that it
+/// names the file and the method.
+fn http_error(option: &str) -> String {
+    http_error_with(option, "")
+}
+
+fn http_error_with(get_body: &str, other_body: &str) -> String {
+    let text = error_of(&[("shop/v1/shop.proto", &http_proto(get_body, other_body))]).to_string();
+    assert!(text.contains("shop/v1/shop.proto:"), "{text}");
+    assert!(text.contains("method shop.v1.Shop."), "{text}");
+    text
+}
+
+#[test]
+fn http_rules_compile_with_no_include_setup() {
+    let proto = http_proto(
+        "    option (google.api.http) = { get: \"/v1/{id}\" additional_bindings { get: \"/v1/cities/{address.city}\" } };\n",
+        "    option (google.api.http) = { post: \"/v1/items\" body: \"*\" };\n",
+    );
+    compile(&[("shop/v1/shop.proto", &proto)]).expect("compiles");
+}
+
+#[test]
+fn http_bad_templates_are_located_and_explained() {
+    for (template, expected) in [
+        ("v1/{id}", "path `v1/{id}` does not start with `/`; write it as `/v1/{id}`"),
+        ("/v1/**/items", "path `/v1/**/items` has `**` before its last segment; `**` matches the rest"),
+        ("/v1/{name=shelves/**}/books", "has `**` before its last segment"),
+        ("/v1/it*ms", "a wildcard is a whole segment, `*` for one segment or `**` for the rest"),
+        ("/v1/{id}:", "ends with `:` and no verb; write a verb after it, like `:cancel`"),
+        ("/v1/{id", "has a `{` that is never closed; end the variable with `}`"),
+        ("/v1/{name={id}}", "variables do not nest"),
+        ("/v1//{id}", "has an empty segment"),
+    ] {
+        let text = http_error(&format!("    option (google.api.http).get = \"{template}\";\n"));
+        assert!(text.contains("shop/v1/shop.proto:8:5: method shop.v1.Shop.Get: "), "{text}");
+        assert!(text.contains(expected), "{template}: {text}");
+    }
+}
+
+#[test]
+fn http_path_variables_must_name_singular_scalar_fields() {
+    for (template, expected) in [
+        (
+            "/v1/{user_id}",
+            "path variable `{user_id}` names no field of `shop.v1.Req`: it has no `user_id`; name one of its \
+             fields: `id`, `tags`, `address`, `weight`",
+        ),
+        (
+            "/v1/{tags}",
+            "path variable `{tags}` is a repeated string field of `shop.v1.Req`; a path segment binds one value",
+        ),
+        (
+            "/v1/{address}",
+            "is a message `shop.v1.Address` field; a path segment binds one value, so name one of its scalar fields, like `{address.city}`",
+        ),
+        (
+            "/v1/{address.zip}",
+            "path variable `{address.zip}` names no field of `shop.v1.Address`: it has no `zip`",
+        ),
+        ("/v1/{id.x}", "`id` is a string field of `shop.v1.Req`, not a message"),
+    ] {
+        let text = http_error(&format!("    option (google.api.http) = {{ get: \"{template}\" }};\n"));
+        assert!(text.contains("shop/v1/shop.proto:8:5: method shop.v1.Shop.Get: "), "{text}");
+        assert!(text.contains(expected), "{template}: {text}");
+    }
+}
+
+#[test]
+fn http_body_fields_must_exist_at_the_top_level() {
+    let text = http_error("    option (google.api.http) = { post: \"/v1/items\" body: \"item\" };\n");
+    assert!(
+        text.contains("`body: \"item\"` names no field of the request `shop.v1.Req`; name one of its fields: `id`, `tags`, `address`, `weight`, or `*`"),
+        "{text}"
+    );
+    let text = http_error("    option (google.api.http) = { post: \"/v1/items\" body: \"address.city\" };\n");
+    assert!(text.contains("`body: \"address.city\"` is not a top-level field"), "{text}");
+    let text = http_error("    option (google.api.http) = { post: \"/v1/items/{id}\" body: \"id\" };\n");
+    assert!(text.contains("`body: \"id\"` is also bound by the path `/v1/items/{id}`"), "{text}");
+    let text =
+        http_error("    option (google.api.http) = { get: \"/v1/items\" response_body: \"total\" };\n");
+    assert!(
+        text.contains("`response_body: \"total\"` names no field of the response `shop.v1.Req`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn http_get_and_delete_have_no_body() {
+    for method in ["get", "delete"] {
+        let text = http_error(&format!(
+            "    option (google.api.http) = {{ {method}: \"/v1/{{id}}\" body: \"*\" }};\n"
+        ));
+        let upper = method.to_uppercase();
+        assert!(text.contains("shop/v1/shop.proto:8:5: "), "{text}");
+        assert!(
+            text.contains(&format!(
+                "a {upper} request has no body, so `body: \"*\"` cannot be bound; remove it"
+            )),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn http_routes_that_collide_name_both_methods() {
+    let text = http_error_with(
+        "    option (google.api.http).get = \"/v1/items/{id}\";\n",
+        "    option (google.api.http).get = \"/v1/items/{address.city}\";\n",
+    );
+    assert!(text.contains("shop/v1/shop.proto:11:5: method shop.v1.Shop.Other: "), "{text}");
+    assert!(
+        text.contains(
+            "route `GET /v1/items/{address.city}` matches the same requests as `GET /v1/items/{id}` of method \
+             shop.v1.Shop.Get; change the path or the HTTP method of one of them"
+        ),
+        "{text}"
+    );
+    // A different method or verb is a different route.
+    let proto = http_proto(
+        "    option (google.api.http).get = \"/v1/items/{id}\";\n",
+        "    option (google.api.http) = { post: \"/v1/items/{id}:cancel\" body: \"*\" };\n",
+    );
+    compile(&[("shop/v1/shop.proto", &proto)]).expect("compiles");
+    // Two bindings of one method.
+    let text = http_error(
+        "    option (google.api.http) = { get: \"/v1/{id}\" additional_bindings { get: \"/v1/{weight}\" } };\n",
+    );
+    assert!(text.contains("as `GET /v1/{id}` of another binding of this method"), "{text}");
+}
+
+#[test]
+fn http_additional_bindings_do_not_nest() {
+    let text = http_error(
+        "    option (google.api.http) = {\n      get: \"/v1/{id}\"\n      additional_bindings {\n        get: \"/v2/{id}\"\n        additional_bindings { get: \"/v3/{id}\" }\n      }\n    };\n",
+    );
+    assert!(text.contains("shop/v1/shop.proto:8:5: "), "{text}");
+    assert!(
+        text.contains("an additional binding has `additional_bindings` of its own, which are not allowed; list every binding at the top level"),
+        "{text}"
+    );
+}
+
+#[test]
+fn http_rules_need_a_method_and_no_selector() {
+    let text = http_error("    option (google.api.http) = { body: \"*\" };\n");
+    assert!(
+        text.contains("the `google.api.http` rule has no HTTP method; set one of `get`, `put`"),
+        "{text}"
+    );
+    let text =
+        http_error("    option (google.api.http) = { selector: \"shop.v1.Shop.Get\" get: \"/v1\" };\n");
+    assert!(text.contains("`selector` is for rules in a service config file"), "{text}");
+    let text = http_error("    option (google.api.http) = { custom: { kind: \"\" path: \"/v1\" } };\n");
+    assert!(text.contains("custom `kind: \"\"` is not an HTTP method"), "{text}");
 }

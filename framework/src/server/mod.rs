@@ -327,6 +327,8 @@ impl BoundServer {
 
         let drain = CancellationToken::new();
         let layers = ServiceBuilder::new()
+            // REST/JSON transcoding (framework/src/gateway), outermost: its calls take every layer below.
+            .layer(crate::gateway::layer(&services)?)
             .layer(trace::TraceLayer)
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
@@ -346,6 +348,7 @@ impl BoundServer {
 
         let incoming = listener.incoming();
         let server = tonic::transport::Server::builder()
+            .accept_http1(true) // REST over HTTP/1.1 (framework/src/gateway)
             .layer(layers)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned());

@@ -40,6 +40,10 @@
 //!   `etcd-client` crate, whose build needs `protoc`.
 //! - `rest` (default): REST/JSON on the gRPC port from the protos'
 //!   `google.api.http` routes ([gateway]), through `prost-reflect`.
+//! - `consul` (off by default): the `consul://` [registry] backend, through
+//!   a Consul agent's HTTP API.
+//! - `eureka` (off by default): the `eureka://` [registry] backend, through
+//!   a Eureka server's REST API.
 
 pub mod app;
 pub mod client;

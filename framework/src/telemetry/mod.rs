@@ -18,7 +18,9 @@ use crate::error::Error;
 pub fn init(config: &LogConfig) -> Result<(), Error> {
     // Targets decides from a callsite's level and target alone, so a
     // disabled callsite is never asked again: no per-call filtering.
-    let filter: Targets = config.level.parse().map_err(|e| {
+    let parsed =
+        check_filter(&config.level).and_then(|()| config.level.parse::<Targets>().map_err(|e| e.to_string()));
+    let filter = parsed.map_err(|e| {
         Error::Config(format!(
             "`log.level`: `{}` is not a log filter ({e}); expected a level such as `info` \
              or directives such as `info,trellis=debug,h2=warn`",
@@ -32,6 +34,21 @@ pub fn init(config: &LogConfig) -> Result<(), Error> {
             builder.json().flatten_event(true).with_current_span(true).finish().with(filter).try_init()
         }
     };
+    Ok(())
+}
+
+/// Rejects what `Targets` would read leniently: a directive is a level
+/// (`info`), a target (`h2`), or `target=level`, and a target is a Rust path.
+fn check_filter(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = directive.split_once('=').unwrap_or((directive, "info"));
+        let path_like =
+            target.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+        if target.is_empty() || !path_like {
+            return Err(format!("`{directive}` names no module path"));
+        }
+        level.parse::<tracing::level_filters::LevelFilter>().map_err(|e| format!("`{directive}`: {e}"))?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! `trellis up` on this workspace: it finds the order services, runs two
-//! instances of each on one registry with prefixed logs, every instance is
-//! SERVING, and SIGINT drains and stops them all.
+//! `trellis up` on this workspace: it finds the service binaries (the order
+//! services and the bench's echo service), runs two instances of each on one
+//! registry with prefixed logs, every instance is SERVING, and SIGINT drains
+//! and stops them all.
 //!
 //! Needs the workspace's service binaries (`./scripts/test` builds them).
 
@@ -71,8 +72,10 @@ async fn up_runs_every_service_of_the_workspace_and_sigint_drains_them_all() {
     .await;
     assert!(ready.is_ok(), "not SERVING within 60 s:\n{}", seen.join("\n"));
     let output = seen.join("\n");
-    assert!(output.contains("trellis up: 6 of 6 instance(s) SERVING"), "{output}");
-    for label in ["order-payment-1", "order-payment-2", "order-shipping-2", "order-status-2"] {
+    // Two each of the three order services and of the bench's echo service.
+    assert!(output.contains("trellis up: 8 of 8 instance(s) SERVING"), "{output}");
+    for label in ["order-payment-1", "order-payment-2", "order-shipping-2", "order-status-2", "bench-echo-1"]
+    {
         assert!(
             output.lines().any(|l| l.starts_with(label) && l.contains("| ")),
             "{label}'s logs are prefixed:\n{output}"
@@ -111,7 +114,7 @@ async fn up_runs_every_service_of_the_workspace_and_sigint_drains_them_all() {
         .lines()
         .filter_map(|l| l.strip_prefix("trellis up: ")?.strip_suffix(" stopped cleanly"))
         .collect();
-    assert_eq!(stopped.len(), 6, "every instance stopped cleanly:\n{output}");
+    assert_eq!(stopped.len(), 8, "every instance stopped cleanly:\n{output}");
     assert!(output.contains("draining in-flight calls"), "they drained:\n{output}");
     for service in SERVICES {
         let endpoints = registry.resolve(service).await.unwrap().endpoints();

@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+/// The deadline of a call that sets none of its own (nor its method's
+/// policy or configuration): the client stack's and the REST gateway's.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The header a Trellis server sets on a response to a call it refused
 /// before running any handler (load shedding, draining), so a client may
 /// retry any method, even one with side effects.

@@ -12,11 +12,7 @@ use trellis_tests::Whoami;
 use trellis_tests::proto::trellis::test::nested::deep::v1::deep_client::DeepClient as RawDeepClient;
 use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::DeepServer;
 use trellis_tests::proto::trellis::test::nested::deep::v1::{DEEP_DESCRIPTOR, DeepClient, Depth};
-
-/// A port nothing listens on.
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
-}
+use trellis_tests::registries::free_port;
 
 fn registry(ports: &[u16]) -> Registry {
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -94,7 +90,7 @@ impl<S: tower::Service<Request>> tower::Service<Request> for Counted<S> {
 #[tokio::test]
 async fn your_layers_see_each_call_once_and_each_attempt() {
     let (calls, attempts) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let channel = Channel::builder(registry(&[dead_port()]), &DEEP_DESCRIPTOR)
+    let channel = Channel::builder(registry(&[free_port()]), &DEEP_DESCRIPTOR)
         .layer(Count(calls.clone()))
         .attempt_layer(Count(attempts.clone()))
         .build()

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis::registry::{Endpoint, Instance, Metadata, Resolution};
 use trellis::{Registry, Request};
 use trellis_tests::EchoService;
@@ -23,6 +22,7 @@ use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
 use trellis_tests::proto::trellis::test::echo::v1::{
     ECHO_DESCRIPTOR, ECHO_SERVICE_NAME, EchoClient, EchoRequest,
 };
+use trellis_tests::registries::{free_port, http};
 
 const ETCD: &str = "/usr/bin/etcd";
 
@@ -43,11 +43,6 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     process: Option<Child>,
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 /// etcd's name for this machine's architecture, for `ETCD_UNSUPPORTED_ARCH`.
@@ -178,20 +173,6 @@ impl Drop for Cluster {
             self.kill(member);
         }
     }
-}
-
-/// The body etcd answers `request` (`GET /health`, say) with on `port`, sent
-/// with `body`; `None` if it does not answer. HTTP/1.0, so never chunked.
-async fn http(port: u16, request: &str, body: &str) -> Option<String> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let head = format!("{request} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len());
-        stream.write_all(format!("{head}{body}").as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        Some(response.split_once("\r\n\r\n")?.1.to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(3), exchange).await.ok().flatten()
 }
 
 /// Serves Echo on a free loopback port until the sender is dropped.

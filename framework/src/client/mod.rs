@@ -74,6 +74,7 @@ pub use self::endpoint::{EndpointFuture, EndpointLayer, EndpointService, Endpoin
 pub use self::retry::{RetryFuture, RetryLayer, RetryService};
 pub use self::stats::ChannelStats;
 pub use crate::error::{CallError, NotRetried};
+pub use crate::protocol::DEFAULT_TIMEOUT;
 
 use self::method::PerMethod;
 use self::retry::RetryPolicy;
@@ -81,10 +82,6 @@ use self::stats::Counters;
 use crate::descriptor::{ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error, into_status};
 use crate::registry::Endpoint;
-
-/// The deadline of a call that sets none of its own, unless the method's
-/// configuration says otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A whole call or one attempt, type-erased once where your layers are.
 pub type BoxCallService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;

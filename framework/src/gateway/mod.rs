@@ -95,14 +95,10 @@ mod service {
     use super::transcode::{grpc_frame, next_frame, request_message, response_json, status_of};
     use crate::descriptor::{ServiceDescriptor, StreamingKind};
     use crate::error::{BoxError, Error};
-    use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout};
+    use crate::protocol::{DEFAULT_TIMEOUT, GRPC_TIMEOUT, decode_grpc_timeout, encode_grpc_timeout};
 
     /// The largest request body the gateway reads.
     const MAX_BODY: usize = 4 * 1024 * 1024;
-
-    /// The deadline of a unary call that sets none, the same as the client
-    /// stack's default (`client::DEFAULT_TIMEOUT`, a floor above).
-    const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// The header whose value fills a request's `idempotency_key` field.
     const IDEMPOTENCY_KEY: &str = "idempotency-key";

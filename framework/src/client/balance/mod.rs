@@ -63,16 +63,6 @@ pub enum Balance {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tried(pub(crate) Arc<Mutex<Vec<Arc<EndpointState>>>>);
 
-impl Tried {
-    fn snapshot(&self) -> Vec<Arc<EndpointState>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    fn push(&self, state: &Arc<EndpointState>) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(state));
-    }
-}
-
 /// Makes the transport to one endpoint, and the task that follows its
 /// health, if any.
 pub(crate) type Connector<S> =
@@ -214,11 +204,17 @@ impl Route {
 impl<S> Shared<S> {
     /// Picks an endpoint for `req` now, marking it tried and probing.
     fn pick_for<B>(&self, route: &Route, req: &mut Request<B>) -> Option<Arc<Member<S>>> {
-        let tried = route.tried.as_ref().map(Tried::snapshot).unwrap_or_default();
-        let pick = self.endpoints.pick(self.balance, &tried, route.key, &mut fastrand::Rng::new())?;
-        if let Some(tried) = &route.tried {
-            tried.push(&pick.member.state);
-        }
+        let mut rng = fastrand::Rng::new();
+        let pick = match &route.tried {
+            Some(Tried(tried)) => {
+                // Picked and recorded under one lock, without copying the list.
+                let mut tried = tried.lock().unwrap_or_else(PoisonError::into_inner);
+                let pick = self.endpoints.pick(self.balance, &tried, route.key, &mut rng)?;
+                tried.push(Arc::clone(&pick.member.state));
+                pick
+            }
+            None => self.endpoints.pick(self.balance, &[], route.key, &mut rng)?,
+        };
         if pick.probe {
             req.extensions_mut().insert(Probe);
         }

@@ -44,6 +44,7 @@ pub(crate) fn documents(pool: &DescriptorPool, rules: &HashMap<String, Rule>) ->
         let document = json!({
             "openapi": "3.0.3",
             "info": { "title": service.full_name(), "version": service.package_name() },
+            "tags": [{ "name": service.full_name(), "description": "The gRPC service that serves these routes." }],
             "paths": paths,
             "components": { "schemas": schemas.schemas },
         });
@@ -102,6 +103,8 @@ fn operation(method: &MethodDescriptor, rule: &Rule, schemas: &mut Schemas) -> (
 
     let mut operation = json!({
         "operationId": format!("{}_{}", method.parent_service().name(), method.name()),
+        // The service that serves the route, so a proxy can route it (`trellis nginx`).
+        "tags": [method.parent_service().full_name()],
         "parameters": parameters,
     });
     operation["summary"] = Value::String(method.name().to_owned());

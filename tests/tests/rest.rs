@@ -324,6 +324,8 @@ async fn openapi_describes_every_route() {
     }
     let get = &paths["/v1/{name}/books/{id}"]["get"];
     assert_eq!(get["operationId"], "Library_GetBook");
+    assert_eq!(get["tags"], serde_json::json!(["trellis.test.rest.v1.Library"]), "the serving service");
+    assert_eq!(doc["tags"][0]["name"], "trellis.test.rest.v1.Library");
     let name = &get["parameters"][0];
     assert_eq!(
         (&name["name"], &name["in"], &name["schema"]["pattern"]),

@@ -1,6 +1,7 @@
 //! The order services over REST: curl places an order against the three
 //! services running as real processes, on the same ports as gRPC; a retried
-//! POST with the same idempotency key charges once. Needs `curl`.
+//! POST with the same idempotency key charges once; Python `requests` does
+//! the same. Needs `curl`, and `requests` (`./scripts/test` installs it).
 
 use std::net::SocketAddr;
 
@@ -76,4 +77,20 @@ async fn curl_places_an_order_through_the_three_services() {
 
     let (code, missing) = curl(payment.addr(), "/v1/payments/nope", &[]).await;
     assert_eq!((code, missing["code"].as_i64()), (404, Some(5)), "{missing}");
+
+    // The same order from Python `requests`.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/place_order.py");
+    let urls = [payment.addr(), shipping.addr(), status.addr()].map(|addr| format!("http://{addr}"));
+    let output =
+        Command::new("python3").arg(script).args(&urls).arg("py-1").output().await.expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let steps: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let (pay, again) = (&steps["pay"], &steps["again"]);
+    assert_eq!((&pay[0], &pay[1]["state"]), (&200.into(), &"PAYMENT_STATE_CAPTURED".into()), "{steps}");
+    assert_eq!(again[1]["paymentId"], pay[1]["paymentId"], "the retried POST charged once: {steps}");
+    assert_eq!(steps["ship"][0], 200, "{steps}");
+    let report = &steps["status"];
+    assert_eq!((&report[0], &report[1]["state"]), (&200.into(), &"ORDER_STATE_SHIPPED".into()), "{steps}");
+    assert_eq!(report[1]["payment"]["paymentId"], pay[1]["paymentId"], "{steps}");
+    assert_eq!((&steps["missing"][0], &steps["missing"][1]["code"]), (&404.into(), &5.into()), "{steps}");
 }

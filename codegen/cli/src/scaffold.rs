@@ -362,8 +362,11 @@ fn deploy_vars(vars: &mut Vars, names: &ServiceNames, values: &DeployValues, con
     let upstream = crate::nginx::Upstream {
         service: names.full_service(),
         endpoints: vec![format!("127.0.0.1:{}", values.port)],
+        // The template's proto has no REST routes; `trellis nginx` reads them from a running instance.
+        rest: Some(Vec::new()),
     };
-    vars.insert("nginx_config", crate::nginx::render(&[upstream], "0.0.0.0:8080"));
+    let listen = crate::nginx::Listen { grpc: "0.0.0.0:8080", rest: "0.0.0.0:8081" };
+    vars.insert("nginx_config", crate::nginx::render(&[upstream], listen));
 }
 
 /// The variables of the proto template for a service called `proto`.

@@ -97,7 +97,7 @@ fn the_static_nginx_file_is_valid_nginx() {
     let dir = scaffold(tmp.path(), "greeter");
     let snippet = std::fs::read_to_string(dir.join("deploy/nginx.conf")).unwrap();
     assert!(snippet.contains("server 127.0.0.1:50051 max_fails=1"), "{snippet}");
-    assert!(snippet.contains("location /greeter.v1.Greeter/"), "{snippet}");
+    assert!(snippet.contains("location ^~ /greeter.v1.Greeter/"), "{snippet}");
     let prefix = tmp.path().join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let conf = format!(

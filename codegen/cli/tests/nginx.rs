@@ -21,6 +21,20 @@ use support::{run, text};
 
 const SERVICE: &str = "order.payment.v1.OrderPayment";
 
+/// `curl ARGS` through Nginx: the HTTP status and the JSON body.
+async fn curl(args: &[&str]) -> (u16, serde_json::Value) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-m", "10", "-H", "content-type: application/json", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.trim_end().rsplit_once('\n').unwrap_or(("", text.trim()));
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?} {out:?}"));
+    (status.parse().unwrap_or_else(|_| panic!("no status: {text:?}")), json)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -93,6 +107,7 @@ async fn nginx_spreads_calls_over_the_instances_and_passes_over_a_killed_one() {
 
     let prefix = tmp.path().join("nginx");
     let port = free_port();
+    let rest_port = free_port();
     let out = run(&[
         "nginx",
         "--registry",
@@ -101,6 +116,8 @@ async fn nginx_spreads_calls_over_the_instances_and_passes_over_a_killed_one() {
         "--full",
         "--listen",
         &format!("127.0.0.1:{port}"),
+        "--rest-listen",
+        &format!("127.0.0.1:{rest_port}"),
         "--output",
         prefix.join("nginx.conf").to_str().unwrap(),
     ]);
@@ -125,6 +142,28 @@ async fn nginx_spreads_calls_over_the_instances_and_passes_over_a_killed_one() {
         assert!(served >= 5, "{} served {served} of 20 calls: {before:?}", instance.addr());
     }
     assert!(before.iter().all(|(status, _)| status == "200"), "{before:?}");
+
+    // REST through Nginx's HTTP/1.1 listener, to the same instances.
+    assert!(conf.contains("location ~ \"^/v1/payments/[^/]+$\""), "{conf}");
+    assert!(conf.contains("location ~ \"^/v1/payments/[^/]+:refund$\""), "{conf}");
+    let rest = format!("http://127.0.0.1:{rest_port}");
+    let body =
+        r#"{"orderId": "rest-1", "amountMinor": "1250", "currency": "EUR", "idempotencyKey": "k-rest-1"}"#;
+    let (status, paid) = curl(&["-X", "POST", &format!("{rest}/v1/payments"), "-d", body]).await;
+    assert_eq!(status, 200, "{paid}");
+    assert!(paid["paymentId"].as_str().is_some_and(|id| !id.is_empty()), "{paid}");
+    let (status, got) = curl(&[&format!("{rest}/v1/payments/rest-1")]).await;
+    assert_eq!(
+        (status, &got["paymentId"], &got["orderId"]),
+        (200, &paid["paymentId"], &serde_json::json!("rest-1")),
+        "{got}"
+    );
+    let (status, missing) = curl(&[&format!("{rest}/v1/payments/nobody")]).await;
+    assert_eq!(
+        (status, &missing["code"]),
+        (404, &serde_json::json!(5)),
+        "the handler's NOT_FOUND: {missing}"
+    );
 
     a.signal(Signal::SIGKILL);
     a.wait(Duration::from_secs(5)).await;

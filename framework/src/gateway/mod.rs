@@ -150,6 +150,7 @@ mod service {
     fn openapi(services: &[&'static ServiceDescriptor]) -> Result<Bytes, Error> {
         let mut paths = serde_json::Map::new();
         let mut schemas = serde_json::Map::new();
+        let mut tags = Vec::new();
         let mut names = Vec::new();
         for service in services {
             let Some(text) = service.openapi() else { continue };
@@ -166,10 +167,14 @@ mod service {
             if let Some(map) = document["components"]["schemas"].as_object() {
                 schemas.extend(map.clone());
             }
+            if let Some(list) = document["tags"].as_array() {
+                tags.extend(list.iter().cloned());
+            }
         }
         let document = serde_json::json!({
             "openapi": "3.0.3",
             "info": { "title": names.join(", "), "version": env!("CARGO_PKG_VERSION") },
+            "tags": tags,
             "paths": paths,
             "components": { "schemas": schemas },
         });

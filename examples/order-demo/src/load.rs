@@ -31,10 +31,28 @@ pub(crate) struct Summary {
     retries: u64,
     ejections: u64,
     breaker_trips: u64,
+    /// Placed over REST, so without the gRPC client stack.
+    rest: bool,
+}
+
+/// How the demo places its orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Protocol {
+    /// Through the generated gRPC clients and their stack (balancing,
+    /// retries, hedging, breakers).
+    Grpc,
+    /// Over REST/JSON, the services' google.api.http routes.
+    Rest,
 }
 
 #[derive(Debug, Clone)]
-struct Clients {
+enum Clients {
+    Grpc(GrpcClients),
+    Rest(crate::rest::RestClients),
+}
+
+#[derive(Debug, Clone)]
+struct GrpcClients {
     payment: OrderPaymentClient,
     shipping: OrderShippingClient,
     status: OrderStatusClient,
@@ -46,16 +64,19 @@ struct Clients {
 /// showing progress on `bar`.
 pub(crate) async fn place_orders(
     registry: &Registry,
+    protocol: Protocol,
     bar: ProgressBar,
     orders: u64,
     concurrency: usize,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Summary {
-    let clients = match connect(registry) {
+    let clients = match protocol {
+        Protocol::Grpc => connect(registry).map(Clients::Grpc).map_err(|e| e.to_string()),
+        Protocol::Rest => crate::rest::RestClients::connect(registry).await.map(Clients::Rest),
+    };
+    let clients = match clients {
         Ok(clients) => clients,
-        Err(err) => {
-            return Summary { failed: 1, errors: vec![err.to_string()], ..Summary::default() };
-        }
+        Err(err) => return Summary { failed: 1, errors: vec![err], ..Summary::default() },
     };
     let run = std::process::id();
     let next = Arc::new(AtomicU64::new(0));
@@ -72,7 +93,11 @@ pub(crate) async fn place_orders(
                         return;
                     }
                     let began = Instant::now();
-                    let result = place_one(&clients, &format!("demo-{run}-{n}")).await;
+                    let order_id = format!("demo-{run}-{n}");
+                    let result = match &clients {
+                        Clients::Grpc(clients) => place_one(clients, &order_id).await,
+                        Clients::Rest(clients) => clients.place_one(&order_id).await,
+                    };
                     let mut summary = summary.lock().await;
                     summary.placed += 1;
                     match result {
@@ -100,17 +125,25 @@ pub(crate) async fn place_orders(
     bar.finish();
     let mut summary = std::mem::take(&mut *summary.lock().await);
     summary.elapsed = start.elapsed();
-    for channel in &clients.channels {
-        let stats = channel.stats();
-        summary.per_endpoint.extend(stats.calls_per_endpoint);
-        summary.retries += stats.retries;
-        summary.ejections += stats.ejections;
-        summary.breaker_trips += stats.breaker_trips;
+    match &clients {
+        Clients::Grpc(clients) => {
+            for channel in &clients.channels {
+                let stats = channel.stats();
+                summary.per_endpoint.extend(stats.calls_per_endpoint);
+                summary.retries += stats.retries;
+                summary.ejections += stats.ejections;
+                summary.breaker_trips += stats.breaker_trips;
+            }
+        }
+        Clients::Rest(clients) => {
+            summary.per_endpoint = clients.calls_per_endpoint();
+            summary.rest = true;
+        }
     }
     summary
 }
 
-fn connect(registry: &Registry) -> Result<Clients, trellis::Error> {
+fn connect(registry: &Registry) -> Result<GrpcClients, trellis::Error> {
     use order_payment::proto::order::payment::v1::ORDER_PAYMENT_DESCRIPTOR;
     use order_shipping::proto::order::shipping::v1::ORDER_SHIPPING_DESCRIPTOR;
     use order_status::proto::order::status::v1::ORDER_STATUS_DESCRIPTOR;
@@ -120,7 +153,7 @@ fn connect(registry: &Registry) -> Result<Clients, trellis::Error> {
         Channel::discover(registry, &ORDER_SHIPPING_DESCRIPTOR)?,
         Channel::discover(registry, &ORDER_STATUS_DESCRIPTOR)?,
     ];
-    Ok(Clients {
+    Ok(GrpcClients {
         payment: OrderPaymentClient::new(channels[0].clone()),
         shipping: OrderShippingClient::new(channels[1].clone()),
         status: OrderStatusClient::new(channels[2].clone()),
@@ -130,8 +163,8 @@ fn connect(registry: &Registry) -> Result<Clients, trellis::Error> {
 
 /// Pays, ships, and checks that the status service sees the order shipped.
 /// Returns how many writes had to be sent again with their idempotency key.
-async fn place_one(clients: &Clients, order_id: &str) -> Result<u64, String> {
-    let Clients { payment, shipping, mut status, .. } = clients.clone();
+async fn place_one(clients: &GrpcClients, order_id: &str) -> Result<u64, String> {
+    let GrpcClients { payment, shipping, mut status, .. } = clients.clone();
     let mut repeated = 0;
     let pay = PayRequest {
         order_id: order_id.to_owned(),
@@ -225,11 +258,15 @@ impl fmt::Display for Summary {
             percentile(&sorted, 50.0),
             percentile(&sorted, 99.0)
         )?;
-        writeln!(
-            f,
-            "client stack     {} retries, {} ejections, {} breaker trips",
-            self.retries, self.ejections, self.breaker_trips
-        )?;
+        if self.rest {
+            writeln!(f, "client           REST/JSON, each call to the next instance the registry lists")?;
+        } else {
+            writeln!(
+                f,
+                "client stack     {} retries, {} ejections, {} breaker trips",
+                self.retries, self.ejections, self.breaker_trips
+            )?;
+        }
         writeln!(f, "writes repeated with their idempotency key  {}", self.repeated_by_key)?;
         writeln!(f, "calls per instance (from the demo's clients)")?;
         for (instance, calls) in &self.per_instance {

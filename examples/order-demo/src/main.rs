@@ -7,6 +7,7 @@
 
 mod cluster;
 mod load;
+mod rest;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ struct Args {
     /// every 2 seconds, and restart it half a second later.
     #[arg(long)]
     chaos: bool,
+    /// How the orders are placed: the generated gRPC clients, or REST/JSON.
+    #[arg(long, value_enum, default_value_t = load::Protocol::Grpc)]
+    protocol: load::Protocol,
 }
 
 fn main() -> ExitCode {
@@ -95,7 +99,8 @@ async fn run(args: Args) -> Result<load::Summary, String> {
     );
     let stop = ctrl_c_pressed();
     let chaos = args.chaos.then(|| tokio::spawn(chaos(cluster.clone(), bar.clone())));
-    let mut summary = load::place_orders(&registry, bar, args.orders, args.concurrency, stop).await;
+    let mut summary =
+        load::place_orders(&registry, args.protocol, bar, args.orders, args.concurrency, stop).await;
     if let Some(chaos) = chaos {
         chaos.abort();
         let _ = chaos.await;

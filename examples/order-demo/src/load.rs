@@ -47,7 +47,7 @@ pub(crate) enum Protocol {
 
 #[derive(Debug, Clone)]
 enum Clients {
-    Grpc(GrpcClients),
+    Grpc(Box<GrpcClients>),
     Rest(crate::rest::RestClients),
 }
 
@@ -71,7 +71,7 @@ pub(crate) async fn place_orders(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Summary {
     let clients = match protocol {
-        Protocol::Grpc => connect(registry).map(Clients::Grpc).map_err(|e| e.to_string()),
+        Protocol::Grpc => connect(registry).map(|c| Clients::Grpc(Box::new(c))).map_err(|e| e.to_string()),
         Protocol::Rest => crate::rest::RestClients::connect(registry).await.map(Clients::Rest),
     };
     let clients = match clients {

@@ -47,8 +47,8 @@ pub(crate) enum Protocol {
 
 #[derive(Debug, Clone)]
 enum Clients {
-    Grpc(GrpcClients),
-    Rest(Box<crate::rest::RestClients>),
+    Grpc(Arc<GrpcClients>),
+    Rest(Arc<crate::rest::RestClients>),
 }
 
 #[derive(Debug, Clone)]
@@ -71,9 +71,9 @@ pub(crate) async fn place_orders(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Summary {
     let clients = match protocol {
-        Protocol::Grpc => connect(registry).map(Clients::Grpc).map_err(|e| e.to_string()),
+        Protocol::Grpc => connect(registry).map(|c| Clients::Grpc(Arc::new(c))).map_err(|e| e.to_string()),
         Protocol::Rest => {
-            crate::rest::RestClients::connect(registry).await.map(|c| Clients::Rest(Box::new(c)))
+            crate::rest::RestClients::connect(registry).await.map(|c| Clients::Rest(Arc::new(c)))
         }
     };
     let clients = match clients {

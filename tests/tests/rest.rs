@@ -20,6 +20,18 @@ type BookStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Book,
 #[derive(Debug)]
 struct Books;
 
+/// `google.rpc.Status`, what `grpc-status-details-bin` carries.
+#[derive(Clone, PartialEq, trellis::codegen::prost::Message)]
+#[prost(prost_path = "trellis::codegen::prost")]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<trellis::codegen::prost_types::Any>,
+}
+
 #[trellis::async_trait]
 impl Library for Books {
     async fn get_book(&self, request: Request<GetBookRequest>) -> Result<Response<Book>, Status> {
@@ -66,7 +78,24 @@ impl Library for Books {
     }
 
     async fn delete_book(&self, request: Request<GetBookRequest>) -> Result<Response<Book>, Status> {
-        Err(Status::already_exists(format!("book {} is archived, not deleted", request.into_inner().id)))
+        // Details in `grpc-status-details-bin`: one of a type the protos know, one the gateway cannot read.
+        use trellis::codegen::prost::Message;
+        use trellis::codegen::prost_types::Any;
+        let id = request.into_inner().id;
+        let message = format!("book {id} is archived, not deleted");
+        let archived = Book { id, title: "archived".into(), ..Book::default() };
+        let details = RpcStatus {
+            code: Code::AlreadyExists as i32,
+            message: message.clone(),
+            details: vec![
+                Any {
+                    type_url: "type.googleapis.com/trellis.test.rest.v1.Book".into(),
+                    value: archived.encode_to_vec(),
+                },
+                Any { type_url: "type.googleapis.com/vendor.Unknown".into(), value: vec![8, 1] },
+            ],
+        };
+        Err(Status::with_details(Code::AlreadyExists, message, details.encode_to_vec().into()))
     }
 
     type ListBooksStream = BookStream;
@@ -244,6 +273,14 @@ async fn errors_map_to_http_statuses_with_json_bodies() {
 
     let got = curl(addr, "/v1/books/1", &["-X", "DELETE"]).await;
     assert_eq!((got.status, got.json()["code"].as_i64()), (409, Some(Code::AlreadyExists as i64)), "{got:?}");
+    assert_eq!(
+        got.json()["details"],
+        serde_json::json!([
+            { "@type": "type.googleapis.com/trellis.test.rest.v1.Book", "id": "1", "title": "archived" },
+            { "@type": "type.googleapis.com/vendor.Unknown", "value": "CAE=" },
+        ]),
+        "grpc-status-details-bin, in JSON: {got:?}"
+    );
 
     let got = curl(addr, "/v1/shelves/f/books", &["-X", "POST", "-d", r#"{"authors": []}"#]).await;
     assert_eq!((got.status, got.json()["message"].as_str()), (400, Some("a book needs a title")), "{got:?}");

@@ -41,7 +41,12 @@
 //!   HTTP status grpc-gateway uses for the code (`INVALID_ARGUMENT` 400,
 //!   `NOT_FOUND` 404, `ALREADY_EXISTS` 409, `RESOURCE_EXHAUSTED` 429,
 //!   `UNAVAILABLE` 503, `DEADLINE_EXCEEDED` 504, ...), and the code again in
-//!   a `grpc-status` header. Malformed JSON is a 400 that gives the line and
+//!   a `grpc-status` header. The `details` are those of the call's
+//!   `grpc-status-details-bin` (a `google.rpc.Status`), each `Any` as
+//!   grpc-gateway writes it: `{"@type": URL, ...fields}` when its message is
+//!   in the service's protos (import `google/rpc/error_details.proto` there
+//!   for the standard ones), else `{"@type": URL, "value": BASE64}`.
+//!   Malformed JSON is a 400 that gives the line and
 //!   column; a known path with the wrong method is a 405 with `Allow`; an
 //!   unknown path a 404.
 //! - **Server streaming** answers with newline-delimited JSON
@@ -91,7 +96,7 @@ mod service {
     use tower_service::Service;
 
     use super::route::{Lookup, Matched, Routes};
-    use super::status::{error_json, error_response, json_response};
+    use super::status::{error_json, error_response, failed_json, failed_response, json_response};
     use super::transcode::{grpc_frame, next_frame, request_message, response_json, status_of};
     use crate::descriptor::{ServiceDescriptor, StreamingKind};
     use crate::error::{BoxError, Error};
@@ -353,8 +358,9 @@ mod service {
             }
             None => return deadline_exceeded(timeout),
         };
-        if let Some((code, message)) = status_of(response.headers()).filter(|(code, _)| *code != Code::Ok) {
-            return error_response(code, &message, None);
+        let pool = matched.route.output.parent_pool();
+        if let Some(failed) = status_of(response.headers(), pool).filter(|f| f.code != Code::Ok) {
+            return failed_response(&failed);
         }
         let sse = parts
             .headers
@@ -473,8 +479,9 @@ mod service {
             }
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
-        if let Some((code, message)) = status_of(&trailers).filter(|(code, _)| *code != Code::Ok) {
-            return error_response(code, &message, None);
+        let pool = matched.route.output.parent_pool();
+        if let Some(failed) = status_of(&trailers, pool).filter(|f| f.code != Code::Ok) {
+            return failed_response(&failed);
         }
         let mut data = BytesMut::from(collected.to_bytes().as_ref());
         let frame = match next_frame(&mut data) {
@@ -551,11 +558,9 @@ mod service {
                             Ok(data) => buf.extend_from_slice(&data),
                             Err(frame) => {
                                 let trailers = frame.into_trailers().unwrap_or_default();
-                                return status_of(&trailers).filter(|(code, _)| *code != Code::Ok).map(
-                                    |(code, message)| {
-                                        (line("error", error_json(code, &message)), (body, buf, true))
-                                    },
-                                );
+                                return status_of(&trailers, output.parent_pool())
+                                    .filter(|f| f.code != Code::Ok)
+                                    .map(|failed| (line("error", failed_json(&failed)), (body, buf, true)));
                             }
                         },
                         Some(Err(err)) => {

@@ -5,6 +5,8 @@ use http::{HeaderValue, Response, StatusCode};
 use tonic::Code;
 use tonic::body::Body;
 
+use super::transcode::Failed;
+
 /// The HTTP status for a gRPC code, as grpc-gateway maps it
 /// (`runtime.HTTPStatusFromCode`).
 pub(crate) fn http_status(code: Code) -> StatusCode {
@@ -29,10 +31,24 @@ pub(crate) fn error_json(code: Code, message: &str) -> serde_json::Value {
     serde_json::json!({ "code": code as i32, "message": message, "details": [] })
 }
 
+/// The body of a call that failed: its code, message and details.
+pub(crate) fn failed_json(failed: &Failed) -> serde_json::Value {
+    serde_json::json!({ "code": failed.code as i32, "message": failed.message, "details": failed.details })
+}
+
+/// The response of a call that failed.
+pub(crate) fn failed_response(failed: &Failed) -> Response<Body> {
+    with_grpc_status(json_response(http_status(failed.code), &failed_json(failed)), failed.code)
+}
+
 /// An error response: the mapped HTTP status (or `status`, when given) and
 /// the JSON error body.
 pub(crate) fn error_response(code: Code, message: &str, status: Option<StatusCode>) -> Response<Body> {
-    let mut response = json_response(status.unwrap_or_else(|| http_status(code)), &error_json(code, message));
+    let response = json_response(status.unwrap_or_else(|| http_status(code)), &error_json(code, message));
+    with_grpc_status(response, code)
+}
+
+fn with_grpc_status(mut response: Response<Body>, code: Code) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&(code as i32).to_string()) {
         response.headers_mut().insert("grpc-status", value);
     }

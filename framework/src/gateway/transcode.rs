@@ -5,7 +5,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::HeaderMap;
 use prost::Message;
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
+    SerializeOptions,
 };
 use serde_json::{Map, Value};
 use tonic::Code;
@@ -255,14 +256,77 @@ pub(crate) fn response_json(
     }
 }
 
+/// A failed call as the REST client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failed {
+    pub(crate) code: Code,
+    pub(crate) message: String,
+    /// `google.rpc.Status.details`, each as JSON (see [`details`]).
+    pub(crate) details: Vec<Value>,
+}
+
 /// The gRPC status in `headers` (trailers, or the headers of a trailers-only
-/// response), if there is one.
-pub(crate) fn status_of(headers: &HeaderMap) -> Option<(Code, String)> {
+/// response), if there is one, with the details of `grpc-status-details-bin`
+/// in JSON through the messages `pool` knows.
+pub(crate) fn status_of(headers: &HeaderMap, pool: &DescriptorPool) -> Option<Failed> {
     let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
         .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy().into_owned())
         .unwrap_or_default();
-    Some((Code::from_i32(code), message))
+    let details =
+        headers.get("grpc-status-details-bin").map(|v| details(v.as_bytes(), pool)).unwrap_or_default();
+    Some(Failed { code: Code::from_i32(code), message, details })
+}
+
+/// `google.rpc.Status`, as `grpc-status-details-bin` carries it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// The details of a `grpc-status-details-bin` value (base64 of a
+/// `google.rpc.Status`), as grpc-gateway renders them: each `Any` in the
+/// proto3 JSON form, `{"@type": URL, ...fields}`, when `pool` knows its
+/// message (the service's protos import it, as `google/rpc/error_details.proto`
+/// can be); otherwise `{"@type": URL, "value": BASE64}`. A value that does not
+/// decode gives no details: the code and message still say what failed.
+pub(crate) fn details(value: &[u8], pool: &DescriptorPool) -> Vec<Value> {
+    use base64::Engine as _;
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let Ok(bytes) = engine.decode(value) else { return Vec::new() };
+    let Ok(status) = <RpcStatus as prost::Message>::decode(bytes.as_slice()) else { return Vec::new() };
+    status
+        .details
+        .into_iter()
+        .map(|any| {
+            let name = any.type_url.rsplit('/').next().unwrap_or_default();
+            let known = pool.get_message_by_name(name).and_then(|descriptor| {
+                let message = DynamicMessage::decode(descriptor, any.value.as_slice()).ok()?;
+                message.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new()).ok()
+            });
+            match known {
+                Some(Value::Object(fields)) => {
+                    let mut object = serde_json::Map::with_capacity(fields.len() + 1);
+                    object.insert("@type".to_owned(), Value::String(any.type_url));
+                    object.extend(fields);
+                    Value::Object(object)
+                }
+                _ => serde_json::json!({
+                    "@type": any.type_url,
+                    "value": base64::engine::general_purpose::STANDARD.encode(&any.value),
+                }),
+            }
+        })
+        .collect()
 }

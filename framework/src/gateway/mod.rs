@@ -44,8 +44,8 @@
 //!   a `grpc-status` header. The `details` are those of the call's
 //!   `grpc-status-details-bin` (a `google.rpc.Status`), each `Any` as
 //!   grpc-gateway writes it: `{"@type": URL, ...fields}` when its message is
-//!   in the service's protos (import `google/rpc/error_details.proto` there
-//!   for the standard ones), else `{"@type": URL, "value": BASE64}`.
+//!   in the service's protos (vendor googleapis' `google/rpc/error_details.proto`
+//!   and import it for the standard ones), else `{"@type": URL, "value": BASE64}`.
 //!   Malformed JSON is a 400 that gives the line and
 //!   column; a known path with the wrong method is a 405 with `Allow`; an
 //!   unknown path a 404.

@@ -221,6 +221,10 @@ fn trellis_tokens(
         tokens.extend(quote! {
             impl<T: #server_mod::#server_trait> #codegen::DescribedService for #server_mod::#server_type<T> {
                 const DESCRIPTOR: &'static #codegen::ServiceDescriptor = &#descriptor;
+
+                fn limit_message_sizes(self, decoding: usize, encoding: usize) -> Self {
+                    self.max_decoding_message_size(decoding).max_encoding_message_size(encoding)
+                }
             }
         });
     }

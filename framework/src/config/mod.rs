@@ -15,6 +15,9 @@
 //! | `shutdown.propagation_delay` | `1s` | `[shutdown] propagation_delay = "2s"` | `TRELLIS_SHUTDOWN__PROPAGATION_DELAY` | `--set` |
 //! | `shutdown.drain_timeout` | `10s` | `[shutdown] drain_timeout = "30s"` | `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` | `--set` |
 //! | `server.max_concurrent_calls` | `1024` | `[server] max_concurrent_calls = 256` | `TRELLIS_SERVER__MAX_CONCURRENT_CALLS` | `--set` |
+//! | `server.http2.*` | see `docs/hardening.md` | `[server.http2] max_concurrent_streams = 200` | `TRELLIS_SERVER__HTTP2__MAX_CONCURRENT_STREAMS` | `--set` |
+//! | `server.messages.max_decoding_size` | `4194304` (4 MiB) | `[server.messages] max_decoding_size = 16777216` | `TRELLIS_SERVER__MESSAGES__MAX_DECODING_SIZE` | `--set` |
+//! | `server.messages.max_encoding_size` | `4194304` (4 MiB) | `[server.messages] max_encoding_size = 16777216` | `TRELLIS_SERVER__MESSAGES__MAX_ENCODING_SIZE` | `--set` |
 //! | `clients."SERVICE".balance` | `peak_ewma` | `[clients."pkg.Svc"] balance = "round_robin"` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.timeout` | 10 s | `timeout = "500ms"` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.max_attempts` | 3 | `max_attempts = 1` | file only | file only |
@@ -479,6 +482,40 @@ mod tests {
             Error::Config(message) => message,
             other => panic!("expected a configuration error, got {other}"),
         }
+    }
+
+    #[test]
+    fn http2_and_message_limits_are_read_and_checked_against_their_ranges() {
+        let config = load(
+            "[server.http2]\nmax_concurrent_streams = 8\nidle_timeout = \"10m\"\n\
+             [server.messages]\nmax_decoding_size = 65536\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.http2.max_concurrent_streams, 8);
+        assert_eq!(config.server.http2.idle_timeout, Duration::from_secs(600));
+        assert_eq!(config.server.http2.max_pending_accept_reset_streams, 20);
+        assert_eq!(config.server.messages.max_decoding_size, 65536);
+
+        let err = message(load("[server.http2]\nmax_concurrent_streams = 0\n").unwrap_err());
+        assert!(err.starts_with("`server.http2.max_concurrent_streams` (from file `"), "{err}");
+        assert!(err.ends_with("0 is out of range; expected a whole number from 1 to 10000"), "{err}");
+        let err = message(
+            Layers::load(None, flags(&[("server.http2.keepalive_timeout", "1ms")]), None)
+                .and_then(|layers| layers.config())
+                .unwrap_err(),
+        );
+        assert_eq!(
+            err,
+            "`server.http2.keepalive_timeout` (from the command line): `1ms` is out of range; \
+             expected a duration from 1s to 10m"
+        );
+        let err = message(load("[server.messages]\nmax_encoding_size = 12\n").unwrap_err());
+        assert!(
+            err.contains("`server.messages.max_encoding_size`") && err.contains("from 1024 to 268435456"),
+            "{err}"
+        );
+        let err = message(load("[server.http2]\nmax_concurent_streams = 1\n").unwrap_err());
+        assert!(err.contains("did you mean `max_concurrent_streams`?"), "{err}");
     }
 
     #[test]

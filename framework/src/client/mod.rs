@@ -45,6 +45,13 @@
 //! ```
 
 mod balance;
+
+/// The hash-key field reader, for the fuzz targets: reached through
+/// [`crate::fuzzing`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_hash_key(frame: &[u8], number: u32, kind: crate::HashKeyKind) -> Option<Vec<u8>> {
+    balance::hash_field::key_bytes(frame, number, kind)
+}
 mod breaker;
 mod config;
 mod deadline;

@@ -193,6 +193,17 @@ impl Layers {
         Ok(layers)
     }
 
+    /// A configuration file's text alone over the defaults, checked as a
+    /// file is: what the fuzz target reads.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn from_toml(text: &str) -> Result<Config, Error> {
+        let layers = Layers {
+            figment: Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        };
+        into_result(layers.problems(None)?)?;
+        layers.config()
+    }
+
     /// The runtime's settings.
     pub(crate) fn config(&self) -> Result<Config, Error> {
         self.figment.extract().map_err(config_error)

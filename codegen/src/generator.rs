@@ -211,7 +211,11 @@ fn trellis_tokens(
                 pub fn discover(
                     clients: impl ::core::convert::Into<#codegen::Clients>,
                 ) -> ::core::result::Result<Self, #codegen::Error> {
-                    #codegen::Channel::discover(clients, &#descriptor).map(Self::new)
+                    let channel = #codegen::Channel::discover(clients, &#descriptor)?;
+                    let (decoding, encoding) = channel.message_limits();
+                    ::core::result::Result::Ok(
+                        Self::new(channel).max_decoding_message_size(decoding).max_encoding_message_size(encoding),
+                    )
                 }
             }
         });

@@ -112,6 +112,7 @@ pub struct Channel {
     balancer: Balancer,
     counters: Arc<Counters>,
     stack: Stack,
+    message_limits: (usize, usize),
 }
 
 impl fmt::Debug for Channel {
@@ -154,6 +155,13 @@ impl Channel {
     /// A builder, to add layers of your own to the stack.
     pub fn builder(clients: impl Into<Clients>, service: &'static ServiceDescriptor) -> ChannelBuilder {
         ChannelBuilder { clients: clients.into(), service, balance: None, outer: None, attempt: None }
+    }
+
+    /// The largest response and request messages, in bytes, that the
+    /// generated client applies: `(decoding, encoding)`, from
+    /// `[clients."SERVICE"] max_decoding_size` and `max_encoding_size`.
+    pub fn message_limits(&self) -> (usize, usize) {
+        self.message_limits
     }
 
     /// The service this channel calls.
@@ -293,7 +301,8 @@ impl ChannelBuilder {
                 Stack::Layered(outer.map_or(call.clone(), |layer| layer(call)))
             }
         };
-        Ok(Channel { service, registry: registry.url().into(), balancer, counters, stack })
+        let message_limits = config.message_limits();
+        Ok(Channel { service, registry: registry.url().into(), balancer, counters, stack, message_limits })
     }
 }
 

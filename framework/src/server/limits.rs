@@ -25,6 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
+pub use crate::protocol::DEFAULT_MAX_MESSAGE_SIZE;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
@@ -169,9 +171,6 @@ pub struct MessageLimits {
     #[serde(deserialize_with = "count::<_, KIB, { 256 * MIB }, _>")]
     pub max_encoding_size: usize,
 }
-
-/// tonic's and grpc-go's default for received messages, for sent ones too.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 impl Default for MessageLimits {
     fn default() -> Self {

@@ -211,7 +211,11 @@ fn trellis_tokens(
                 pub fn discover(
                     clients: impl ::core::convert::Into<#codegen::Clients>,
                 ) -> ::core::result::Result<Self, #codegen::Error> {
-                    #codegen::Channel::discover(clients, &#descriptor).map(Self::new)
+                    let channel = #codegen::Channel::discover(clients, &#descriptor)?;
+                    let (decoding, encoding) = channel.message_limits();
+                    ::core::result::Result::Ok(
+                        Self::new(channel).max_decoding_message_size(decoding).max_encoding_message_size(encoding),
+                    )
                 }
             }
         });
@@ -221,6 +225,10 @@ fn trellis_tokens(
         tokens.extend(quote! {
             impl<T: #server_mod::#server_trait> #codegen::DescribedService for #server_mod::#server_type<T> {
                 const DESCRIPTOR: &'static #codegen::ServiceDescriptor = &#descriptor;
+
+                fn limit_message_sizes(self, decoding: usize, encoding: usize) -> Self {
+                    self.max_decoding_message_size(decoding).max_encoding_message_size(encoding)
+                }
             }
         });
     }

@@ -328,6 +328,8 @@ impl Context {
             .shutdown_config(self.config.shutdown)
             .faults(self.config.faults)
             .max_concurrent_calls(self.config.server.max_concurrent_calls)
+            .http2(self.config.server.http2)
+            .message_limits(self.config.server.messages)
             .registry(self.registry().clone())
             .metadata(metadata)
             .config_check({

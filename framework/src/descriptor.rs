@@ -504,6 +504,19 @@ impl ServiceDescriptor {
 pub trait DescribedService {
     /// The service's descriptor.
     const DESCRIPTOR: &'static ServiceDescriptor;
+
+    /// The service with its largest request (`decoding`) and response
+    /// (`encoding`) message sizes set, in bytes: the server's
+    /// `server.messages` limits. Generated services set tonic's own limits;
+    /// the default leaves the service as it is.
+    #[must_use]
+    fn limit_message_sizes(self, decoding: usize, encoding: usize) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = (decoding, encoding);
+        self
+    }
 }
 
 #[cfg(test)]

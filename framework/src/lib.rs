@@ -53,6 +53,9 @@ pub mod context;
 mod descriptor;
 mod duration;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod protocol;
 pub mod registry;

@@ -38,6 +38,11 @@ pub fn is_builtin(path: &str) -> bool {
 
 // The `grpc-timeout` header: `TimeoutValue TimeoutUnit`, at most 8 digits.
 
+/// The largest gRPC message either side takes or sends unless configured
+/// (`server.messages`, `clients."SERVICE".max_*_size`): 4 MiB, tonic's and
+/// grpc-go's default for received messages.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
 /// The header that carries a call's deadline, relative to when it was sent.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 

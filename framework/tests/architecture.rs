@@ -12,7 +12,7 @@ const FLOORS: &[&[&str]] = &[
     &["transport", "gateway"],
     &["client", "server"],
     &["codegen", "config", "testing"],
-    &["app"],
+    &["app", "fuzzing"],
 ];
 
 fn floor(module: &str) -> Option<usize> {

@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 pub mod fakes;
+pub mod h2raw;
 pub mod registries;
 
 /// The generated code of the test protos.
@@ -190,6 +191,11 @@ impl Service {
     /// Where the service listens.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// The process id, to read its memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process is running")
     }
 
     /// `http://addr`, for a raw channel.

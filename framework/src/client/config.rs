@@ -28,6 +28,36 @@ pub struct ClientConfig {
     pub balance: Option<Balance>,
     /// Per-method overrides, by method name as in the proto.
     pub methods: BTreeMap<String, MethodConfig>,
+    /// The largest response message taken, in bytes; 1 KiB to 256 MiB,
+    /// default 4 MiB. A larger one fails the call with `OUT_OF_RANGE`.
+    #[serde(deserialize_with = "message_size")]
+    pub max_decoding_size: Option<usize>,
+    /// The largest request message sent, in bytes; 1 KiB to 256 MiB,
+    /// default 4 MiB. A larger one fails the call before it is sent.
+    #[serde(deserialize_with = "message_size")]
+    pub max_encoding_size: Option<usize>,
+}
+
+impl ClientConfig {
+    /// The message size limits, (decoding, encoding), defaults filled in.
+    pub fn message_limits(&self) -> (usize, usize) {
+        let or_default = |size: Option<usize>| size.unwrap_or(crate::protocol::DEFAULT_MAX_MESSAGE_SIZE);
+        (or_default(self.max_decoding_size), or_default(self.max_encoding_size))
+    }
+}
+
+/// A message size in 1 KiB ..= 256 MiB.
+fn message_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    const RANGE: std::ops::RangeInclusive<u64> = 1024..=256 * 1024 * 1024;
+    let value = u64::deserialize(d)?;
+    if !RANGE.contains(&value) {
+        return Err(serde::de::Error::custom(format!(
+            "{value} is out of range; expected a whole number of bytes from {} to {}",
+            RANGE.start(),
+            RANGE.end()
+        )));
+    }
+    usize::try_from(value).map(Some).map_err(|_| serde::de::Error::custom("too large for this machine"))
 }
 
 /// Overrides for one method.

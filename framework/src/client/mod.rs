@@ -45,6 +45,13 @@
 //! ```
 
 mod balance;
+
+/// The hash-key field reader, for the fuzz targets: reached through
+/// [`crate::fuzzing`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_hash_key(frame: &[u8], number: u32, kind: crate::HashKeyKind) -> Option<Vec<u8>> {
+    balance::hash_field::key_bytes(frame, number, kind)
+}
 mod breaker;
 mod config;
 mod deadline;
@@ -105,6 +112,7 @@ pub struct Channel {
     balancer: Balancer,
     counters: Arc<Counters>,
     stack: Stack,
+    message_limits: (usize, usize),
 }
 
 impl fmt::Debug for Channel {
@@ -147,6 +155,13 @@ impl Channel {
     /// A builder, to add layers of your own to the stack.
     pub fn builder(clients: impl Into<Clients>, service: &'static ServiceDescriptor) -> ChannelBuilder {
         ChannelBuilder { clients: clients.into(), service, balance: None, outer: None, attempt: None }
+    }
+
+    /// The largest response and request messages, in bytes, that the
+    /// generated client applies: `(decoding, encoding)`, from
+    /// `[clients."SERVICE"] max_decoding_size` and `max_encoding_size`.
+    pub fn message_limits(&self) -> (usize, usize) {
+        self.message_limits
     }
 
     /// The service this channel calls.
@@ -286,7 +301,8 @@ impl ChannelBuilder {
                 Stack::Layered(outer.map_or(call.clone(), |layer| layer(call)))
             }
         };
-        Ok(Channel { service, registry: registry.url().into(), balancer, counters, stack })
+        let message_limits = config.message_limits();
+        Ok(Channel { service, registry: registry.url().into(), balancer, counters, stack, message_limits })
     }
 }
 

@@ -15,11 +15,30 @@
 //! | `shutdown.propagation_delay` | `1s` | `[shutdown] propagation_delay = "2s"` | `TRELLIS_SHUTDOWN__PROPAGATION_DELAY` | `--set` |
 //! | `shutdown.drain_timeout` | `10s` | `[shutdown] drain_timeout = "30s"` | `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` | `--set` |
 //! | `server.max_concurrent_calls` | `1024` | `[server] max_concurrent_calls = 256` | `TRELLIS_SERVER__MAX_CONCURRENT_CALLS` | `--set` |
+//! | `server.http2.max_concurrent_streams` | `100` | `[server.http2] max_concurrent_streams = 200` | `TRELLIS_SERVER__HTTP2__MAX_CONCURRENT_STREAMS` | `--set` |
+//! | `server.http2.max_header_list_size` | `16384` | `[server.http2] max_header_list_size = 32768` | `TRELLIS_SERVER__HTTP2__MAX_HEADER_LIST_SIZE` | `--set` |
+//! | `server.http2.max_pending_accept_reset_streams` | `20` | `[server.http2] max_pending_accept_reset_streams = 50` | `TRELLIS_SERVER__HTTP2__MAX_PENDING_ACCEPT_RESET_STREAMS` | `--set` |
+//! | `server.http2.max_local_error_reset_streams` | `1024` | `[server.http2] max_local_error_reset_streams = 512` | `TRELLIS_SERVER__HTTP2__MAX_LOCAL_ERROR_RESET_STREAMS` | `--set` |
+//! | `server.http2.keepalive_interval` | `60s` | `[server.http2] keepalive_interval = "30s"` | `TRELLIS_SERVER__HTTP2__KEEPALIVE_INTERVAL` | `--set` |
+//! | `server.http2.keepalive_timeout` | `20s` | `[server.http2] keepalive_timeout = "10s"` | `TRELLIS_SERVER__HTTP2__KEEPALIVE_TIMEOUT` | `--set` |
+//! | `server.http2.idle_timeout` | `5m` | `[server.http2] idle_timeout = "15m"` | `TRELLIS_SERVER__HTTP2__IDLE_TIMEOUT` | `--set` |
+//! | `server.http2.max_connection_age` | `1h` | `[server.http2] max_connection_age = "30m"` | `TRELLIS_SERVER__HTTP2__MAX_CONNECTION_AGE` | `--set` |
+//! | `server.http2.max_connection_age_grace` | `30s` | `[server.http2] max_connection_age_grace = "1m"` | `TRELLIS_SERVER__HTTP2__MAX_CONNECTION_AGE_GRACE` | `--set` |
+//! | `server.http2.max_frame_size` | `16384` | `[server.http2] max_frame_size = 65536` | `TRELLIS_SERVER__HTTP2__MAX_FRAME_SIZE` | `--set` |
+//! | `server.http2.initial_stream_window_size` | `1048576` | `[server.http2] initial_stream_window_size = 262144` | `TRELLIS_SERVER__HTTP2__INITIAL_STREAM_WINDOW_SIZE` | `--set` |
+//! | `server.http2.initial_connection_window_size` | `1048576` | `[server.http2] initial_connection_window_size = 4194304` | `TRELLIS_SERVER__HTTP2__INITIAL_CONNECTION_WINDOW_SIZE` | `--set` |
+//! | `server.messages.max_decoding_size` | `4194304` (4 MiB) | `[server.messages] max_decoding_size = 16777216` | `TRELLIS_SERVER__MESSAGES__MAX_DECODING_SIZE` | `--set` |
+//! | `server.messages.max_encoding_size` | `4194304` (4 MiB) | `[server.messages] max_encoding_size = 16777216` | `TRELLIS_SERVER__MESSAGES__MAX_ENCODING_SIZE` | `--set` |
 //! | `clients."SERVICE".balance` | `peak_ewma` | `[clients."pkg.Svc"] balance = "round_robin"` | file only | file only |
+//! | `clients."SERVICE".max_decoding_size` | `4194304` (4 MiB) | `max_decoding_size = 16777216` | file only | file only |
+//! | `clients."SERVICE".max_encoding_size` | `4194304` (4 MiB) | `max_encoding_size = 16777216` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.timeout` | 10 s | `timeout = "500ms"` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.max_attempts` | 3 | `max_attempts = 1` | file only | file only |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
 //! | `faults.unavailable` | `false` | `[faults] unavailable = true` | `TRELLIS_FAULTS__UNAVAILABLE` | `--set` |
+//!
+//! The ranges of the `server.http2`, `server.messages` and message size
+//! keys, and why each default: `docs/hardening.md`.
 //!
 //! A service's own settings live in a section named after it (for example
 //! `[payment]`, `TRELLIS_PAYMENT__DATABASE`), read with
@@ -188,6 +207,17 @@ impl Layers {
         into_result(layers.problems(own_sections)?)?;
         layers.config()?;
         Ok(layers)
+    }
+
+    /// A configuration file's text alone over the defaults, checked as a
+    /// file is: what the fuzz target reads.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn from_toml(text: &str) -> Result<Config, Error> {
+        let layers = Layers {
+            figment: Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        };
+        into_result(layers.problems(None)?)?;
+        layers.config()
     }
 
     /// The runtime's settings.
@@ -479,6 +509,40 @@ mod tests {
             Error::Config(message) => message,
             other => panic!("expected a configuration error, got {other}"),
         }
+    }
+
+    #[test]
+    fn http2_and_message_limits_are_read_and_checked_against_their_ranges() {
+        let config = load(
+            "[server.http2]\nmax_concurrent_streams = 8\nidle_timeout = \"10m\"\n\
+             [server.messages]\nmax_decoding_size = 65536\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.http2.max_concurrent_streams, 8);
+        assert_eq!(config.server.http2.idle_timeout, Duration::from_secs(600));
+        assert_eq!(config.server.http2.max_pending_accept_reset_streams, 20);
+        assert_eq!(config.server.messages.max_decoding_size, 65536);
+
+        let err = message(load("[server.http2]\nmax_concurrent_streams = 0\n").unwrap_err());
+        assert!(err.starts_with("`server.http2.max_concurrent_streams` (from file `"), "{err}");
+        assert!(err.ends_with("0 is out of range; expected a whole number from 1 to 10000"), "{err}");
+        let err = message(
+            Layers::load(None, flags(&[("server.http2.keepalive_timeout", "1ms")]), None)
+                .and_then(|layers| layers.config())
+                .unwrap_err(),
+        );
+        assert_eq!(
+            err,
+            "`server.http2.keepalive_timeout` (from the command line): `1ms` is out of range; \
+             expected a duration from 1s to 10m"
+        );
+        let err = message(load("[server.messages]\nmax_encoding_size = 12\n").unwrap_err());
+        assert!(
+            err.contains("`server.messages.max_encoding_size`") && err.contains("from 1024 to 268435456"),
+            "{err}"
+        );
+        let err = message(load("[server.http2]\nmax_concurent_streams = 1\n").unwrap_err());
+        assert!(err.contains("did you mean `max_concurrent_streams`?"), "{err}");
     }
 
     #[test]

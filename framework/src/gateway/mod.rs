@@ -69,6 +69,21 @@ mod transcode;
 #[cfg(feature = "rest")]
 pub(crate) use service::layer;
 
+/// The gRPC frames of a response body arriving in `chunks`, as the gateway
+/// reads them: what the fuzz target reads.
+#[cfg(all(feature = "fuzzing", feature = "rest"))]
+pub(crate) fn fuzz_frames<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> Result<Vec<bytes::Bytes>, String> {
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        while let Some(frame) = transcode::next_frame(&mut buf)? {
+            frames.push(frame);
+        }
+    }
+    Ok(frames)
+}
+
 #[cfg(not(feature = "rest"))]
 /// Without the `rest` feature there is no gateway: a layer that adds nothing.
 pub(crate) fn layer(

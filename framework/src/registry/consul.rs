@@ -380,29 +380,37 @@ impl Query {
     /// The instances in a `/v1/health/service` answer; unreadable entries
     /// are skipped, with one warning each.
     fn decode(&mut self, reply: &Reply) -> Result<Vec<Instance>, String> {
-        let entries: Vec<serde_json::Value> = serde_json::from_slice(&reply.body)
-            .map_err(|e| format!("the answer is not a JSON array of entries: {e}: {}", reply.text()))?;
-        let mut instances = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let id = entry.pointer("/Service/ID").and_then(|v| v.as_str()).unwrap_or("(no ID)").to_owned();
-            let read = serde_json::from_value::<Entry>(entry)
-                .map_err(|e| e.to_string())
-                .and_then(|e| e.instance(&self.service));
-            match read {
-                Ok(instance) => instances.push(instance),
-                Err(why) => {
-                    if self.warned.insert(id.clone()) {
-                        tracing::warn!(
-                            service = self.service,
-                            id,
-                            "skipping a Consul entry that cannot be read: {why}"
-                        );
-                    }
+        decode_health(&reply.body, &self.service, &mut self.warned)
+            .map_err(|e| format!("{e}: {}", reply.text()))
+    }
+}
+
+/// The instances of `service` in the body of a `/v1/health/service`
+/// answer; unreadable entries are skipped, with one warning each (per ID in
+/// `warned`).
+pub(super) fn decode_health(
+    body: &[u8],
+    service: &str,
+    warned: &mut HashSet<String>,
+) -> Result<Vec<Instance>, String> {
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| format!("the answer is not a JSON array of entries: {e}"))?;
+    let mut instances = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let id = entry.pointer("/Service/ID").and_then(|v| v.as_str()).unwrap_or("(no ID)").to_owned();
+        let read = serde_json::from_value::<Entry>(entry)
+            .map_err(|e| e.to_string())
+            .and_then(|e| e.instance(service));
+        match read {
+            Ok(instance) => instances.push(instance),
+            Err(why) => {
+                if warned.insert(id.clone()) {
+                    tracing::warn!(service, id, "skipping a Consul entry that cannot be read: {why}");
                 }
             }
         }
-        Ok(instances)
     }
+    Ok(instances)
 }
 
 /// A registration in Consul: renewed (or watched) in the background.

@@ -37,7 +37,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::proto::rr::{Name, RData, Record};
 
 /// How often names are resolved again, unless `interval` says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -218,14 +218,9 @@ async fn lookup(
                 Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             };
-            let srvs = answers.answers().iter().filter_map(|record| match &record.data {
-                RData::SRV(srv) if !srv.target.is_root() => Some(srv),
-                _ => None,
-            });
-            for srv in srvs {
-                let metadata = Metadata { weight: srv.weight.into(), ..Metadata::default() };
-                for ip in addresses(resolver, srv.target.clone()).await? {
-                    found.entry(Endpoint::from(SocketAddr::new(ip, srv.port))).or_insert(metadata.clone());
+            for (target, port, metadata) in srv_targets(answers.answers()) {
+                for ip in addresses(resolver, target.clone()).await? {
+                    found.entry(Endpoint::from(SocketAddr::new(ip, port))).or_insert(metadata.clone());
                 }
             }
         }
@@ -237,6 +232,25 @@ async fn lookup(
         metadata,
     });
     Ok(instances.collect())
+}
+
+/// The targets, ports and weights of the SRV records in `answers`; a target
+/// of `.` (RFC 2782: no service here) and other record types are skipped.
+pub(super) fn srv_targets(answers: &[Record]) -> impl Iterator<Item = (&Name, u16, Metadata)> {
+    answers.iter().filter_map(|record| match &record.data {
+        RData::SRV(srv) if !srv.target.is_root() => {
+            Some((&srv.target, srv.port, Metadata { weight: srv.weight.into(), ..Metadata::default() }))
+        }
+        _ => None,
+    })
+}
+
+/// The instances the SRV records of a DNS answer (`message`, wire format)
+/// name, with their targets for addresses: what the fuzz target reads.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_answer(message: &[u8]) -> Result<Vec<(String, u16, u32)>, String> {
+    let message = hickory_resolver::proto::op::Message::from_vec(message).map_err(|e| e.to_string())?;
+    Ok(srv_targets(&message.answers).map(|(name, port, m)| (name.to_string(), port, m.weight)).collect())
 }
 
 /// The A and AAAA addresses of `name`; none when it has none.

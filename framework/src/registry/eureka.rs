@@ -331,6 +331,26 @@ impl Poll {
     }
 }
 
+/// The `UP` instances in a `GET /apps/APP` body, and the instance records of
+/// `APP` in a `GET /apps/delta` body: what the fuzz target reads.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_body(body: &[u8], service: &str) -> Result<(Vec<Instance>, usize), String> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut instances = Vec::new();
+    for record in &list(body.pointer("/application/instance")) {
+        if let Some(instance) = instance(record, service)? {
+            instances.push(instance);
+        }
+    }
+    let app = app(service);
+    let delta = list(body.pointer("/applications/application"))
+        .into_iter()
+        .filter(|a| a.get("name").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(&app)))
+        .flat_map(|a| list(a.get("instance")))
+        .count();
+    Ok((instances, delta))
+}
+
 /// A JSON list, a lone object (as older servers send one element), or nothing.
 fn list(value: Option<&Value>) -> Vec<Value> {
     match value {

@@ -120,3 +120,33 @@ impl std::str::FromStr for Registry {
         Registry::from_url(url)
     }
 }
+
+/// The parsers of what registries answer, for the fuzz targets
+/// (`framework/fuzz/`): reached through [`crate::fuzzing`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz {
+    use super::Instance;
+
+    /// A `local://` entry file or an etcd value: one instance as JSON.
+    pub(crate) fn entry(json: &[u8]) -> Result<Instance, String> {
+        serde_json::from_slice(json).map_err(|e| e.to_string())
+    }
+
+    /// The body of a Consul `/v1/health/service/SERVICE` answer.
+    #[cfg(feature = "consul")]
+    pub(crate) fn consul(body: &[u8], service: &str) -> Result<Vec<Instance>, String> {
+        super::consul::decode_health(body, service, &mut std::collections::HashSet::new())
+    }
+
+    /// The body of a Eureka `/apps/APP` or `/apps/delta` answer.
+    #[cfg(feature = "eureka")]
+    pub(crate) fn eureka(body: &[u8], service: &str) -> Result<(Vec<Instance>, usize), String> {
+        super::eureka::fuzz_body(body, service)
+    }
+
+    /// A DNS answer in wire format: its SRV targets.
+    #[cfg(feature = "dns")]
+    pub(crate) fn dns(message: &[u8]) -> Result<Vec<(String, u16, u32)>, String> {
+        super::dns::fuzz_answer(message)
+    }
+}

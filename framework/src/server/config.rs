@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::{Http2Config, MessageLimits};
+
 /// The default cap on calls running at once.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 
@@ -16,11 +18,19 @@ pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 pub struct ServerConfig {
     /// Application calls that may run at once; past that, calls are shed.
     pub max_concurrent_calls: usize,
+    /// HTTP/2 limits per connection (`[server.http2]`).
+    pub http2: Http2Config,
+    /// Message size limits (`[server.messages]`).
+    pub messages: MessageLimits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS }
+        ServerConfig {
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            http2: Http2Config::default(),
+            messages: MessageLimits::default(),
+        }
     }
 }
 

@@ -43,9 +43,11 @@ mod deadline;
 mod drain;
 mod faults;
 mod limit;
+mod limits;
 mod trace;
 
 pub use config::{DEFAULT_MAX_CONCURRENT_CALLS, FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
+pub use limits::{DEFAULT_MAX_MESSAGE_SIZE, Http2Config, IdleTimeout, MessageLimits};
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -83,6 +85,9 @@ pub type BoxServerService = BoxCloneSyncService<http::Request<Body>, http::Respo
 
 type ServerLayerFn = Arc<dyn Fn(BoxServerService) -> BoxServerService + Send + Sync>;
 
+/// Adds one service to the routes once the message limits are known.
+type AddServiceFn = Box<dyn FnOnce(&mut RoutesBuilder, MessageLimits) + Send + Sync>;
+
 /// Entry point: `Server::builder()`.
 #[derive(Debug, Clone, Copy)]
 pub struct Server;
@@ -96,10 +101,12 @@ impl Server {
             shutdown: ShutdownConfig::default(),
             faults: FaultsConfig::default(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            http2: Http2Config::default(),
+            messages: MessageLimits::default(),
             registry: None,
             advertise: None,
             metadata: Metadata::default(),
-            routes: RoutesBuilder::default(),
+            routes: Vec::new(),
             services: Vec::new(),
             signal: None,
             layer: None,
@@ -115,10 +122,12 @@ pub struct ServerBuilder {
     shutdown: ShutdownConfig,
     faults: FaultsConfig,
     max_concurrent_calls: usize,
+    http2: Http2Config,
+    messages: MessageLimits,
     registry: Option<Registry>,
     advertise: Option<String>,
     metadata: Metadata,
-    routes: RoutesBuilder,
+    routes: Vec<AddServiceFn>,
     services: Vec<&'static ServiceDescriptor>,
     signal: Option<ShutdownSignal>,
     layer: Option<ServerLayerFn>,
@@ -160,6 +169,20 @@ impl ServerBuilder {
     /// refused at once with `RESOURCE_EXHAUSTED` and a pushback hint.
     pub fn max_concurrent_calls(mut self, max: usize) -> Self {
         self.max_concurrent_calls = max.max(1);
+        self
+    }
+
+    /// The HTTP/2 limits of every connection (see [`Http2Config`]; the
+    /// defaults are hardened already).
+    pub fn http2(mut self, http2: Http2Config) -> Self {
+        self.http2 = http2;
+        self
+    }
+
+    /// The largest message each service takes and sends (see
+    /// [`MessageLimits`]), applied to every service added, before or after.
+    pub fn message_limits(mut self, messages: MessageLimits) -> Self {
+        self.messages = messages;
         self
     }
 
@@ -250,7 +273,10 @@ impl ServerBuilder {
         S::Future: Send + 'static,
     {
         self.services.push(S::DESCRIPTOR);
-        self.routes.add_service(service);
+        self.routes.push(Box::new(move |routes, limits| {
+            routes
+                .add_service(service.limit_message_sizes(limits.max_decoding_size, limits.max_encoding_size));
+        }));
         self
     }
 
@@ -266,6 +292,7 @@ impl ServerBuilder {
         if let Some(check) = self.config_check.take() {
             check()?;
         }
+        self.http2.check().map_err(Error::Config)?;
         let listener = Listener::bind(self.listen).await?;
         Ok(BoundServer { builder: self, listener })
     }
@@ -306,10 +333,12 @@ impl BoundServer {
             shutdown,
             faults,
             max_concurrent_calls,
+            http2,
+            messages,
             registry,
             advertise,
             metadata,
-            routes,
+            routes: add_services,
             services,
             signal,
             layer,
@@ -319,7 +348,10 @@ impl BoundServer {
         let signal = signal.unwrap_or_else(|| Box::pin(termination_signal()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let mut routes = routes;
+        let mut routes = RoutesBuilder::default();
+        for add in add_services {
+            add(&mut routes, messages);
+        }
         routes
             .add_service(health_service)
             .add_service(reflection(&services).build_v1().map_err(|e| Error::Serve(e.into()))?)
@@ -346,8 +378,13 @@ impl BoundServer {
                     .then_some(faults::FaultLayer { delay: faults.delay, unavailable: faults.unavailable }),
             );
 
-        let incoming = listener.incoming();
-        let server = tonic::transport::Server::builder()
+        let idle_timeout = http2.idle_timeout;
+        let incoming = tokio_stream::StreamExt::map(listener.incoming(), move |accepted| {
+            accepted.map(|io| IdleTimeout::new(io, idle_timeout))
+        });
+        // Every HTTP/2 limit set explicitly (framework/src/server/limits.rs).
+        let server = http2
+            .apply(tonic::transport::Server::builder())
             .accept_http1(true) // REST over HTTP/1.1 (framework/src/gateway)
             .layer(layers)
             .add_routes(routes.routes())

@@ -96,6 +96,7 @@ impl Server {
             shutdown: ShutdownConfig::default(),
             faults: FaultsConfig::default(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            access_log: false,
             registry: None,
             advertise: None,
             metadata: Metadata::default(),
@@ -115,6 +116,7 @@ pub struct ServerBuilder {
     shutdown: ShutdownConfig,
     faults: FaultsConfig,
     max_concurrent_calls: usize,
+    access_log: bool,
     registry: Option<Registry>,
     advertise: Option<String>,
     metadata: Metadata,
@@ -160,6 +162,14 @@ impl ServerBuilder {
     /// refused at once with `RESOURCE_EXHAUSTED` and a pushback hint.
     pub fn max_concurrent_calls(mut self, max: usize) -> Self {
         self.max_concurrent_calls = max.max(1);
+        self
+    }
+
+    /// Writes one `INFO` line per call (target `trellis::access`): method,
+    /// status, duration, peer, trace and span ids. Off by default; the
+    /// application's `log.access`.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
         self
     }
 
@@ -306,6 +316,7 @@ impl BoundServer {
             shutdown,
             faults,
             max_concurrent_calls,
+            access_log,
             registry,
             advertise,
             metadata,
@@ -329,7 +340,7 @@ impl BoundServer {
         let layers = ServiceBuilder::new()
             // REST/JSON transcoding (framework/src/gateway), outermost: its calls take every layer below.
             .layer(crate::gateway::layer(&services)?)
-            .layer(trace::TraceLayer)
+            .layer(trace::TraceLayer::new(access_log))
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)

@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 pub mod fakes;
+pub mod logged;
 pub mod registries;
 
 /// The generated code of the test protos.

@@ -286,3 +286,44 @@ async fn the_access_log_is_off_unless_configured() {
         assert!(finished.iter().all(|l| l["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"), "{finished:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_a_trace_id_and_a_command_that_finds_it_in_all_three_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("demo data");
+    let run = tokio::process::Command::new(trellis_tests::bin("order-demo"))
+        .args(["--orders", "3", "--instances", "1", "--data-dir"])
+        .arg(&data)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(120), run).await.expect("the demo ends").expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let trace_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("one order's trace id: "))
+        .unwrap_or_else(|| panic!("no trace id in:\n{stdout}"));
+    assert!(is_id(trace_id, 32), "{trace_id}");
+    let command = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("grep ").map(|rest| format!("grep {rest}")))
+        .unwrap_or_else(|| panic!("no command in:\n{stdout}"));
+    assert!(command.contains(trace_id), "{command}");
+
+    // The command as printed, through a shell, after the demo has exited.
+    let found = std::process::Command::new("sh").args(["-c", &command]).output().expect("sh runs");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&found.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut methods: Vec<&str> = lines
+        .iter()
+        .inspect(|l| assert_eq!(l["trace_id"], trace_id, "{l}"))
+        .filter(|l| l["message"] == "access")
+        .filter_map(|l| l["rpc.method"].as_str())
+        .collect();
+    methods.sort_unstable();
+    assert_eq!(methods, [GET_PAYMENT, PAY, GET_SHIPMENT, SHIP, GET_STATUS], "{command}");
+}

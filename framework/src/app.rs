@@ -114,7 +114,9 @@ impl App {
                 return ExitCode::from(2);
             }
         };
-        if let Err(err) = crate::telemetry::init(&ctx.config.log) {
+        if let Err(err) = crate::telemetry::init(&ctx.config.log)
+            .and_then(|()| crate::telemetry::init_export(&ctx.config.trace, self.name))
+        {
             eprintln!("{}: error: {err}", self.name);
             return ExitCode::from(2);
         }
@@ -128,6 +130,7 @@ impl App {
         };
         let sections = Arc::clone(&ctx.sections);
         let result = runtime.block_on(setup(ctx)).and_then(|()| Ok(sections.check()?));
+        crate::telemetry::flush(std::time::Duration::from_secs(2));
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -330,6 +333,7 @@ impl Context {
             .max_concurrent_calls(self.config.server.max_concurrent_calls)
             .http2(self.config.server.http2)
             .message_limits(self.config.server.messages)
+            .access_log(self.config.log.access)
             .registry(self.registry().clone())
             .metadata(metadata)
             .config_check({

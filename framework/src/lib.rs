@@ -44,6 +44,9 @@
 //!   a Consul agent's HTTP API.
 //! - `eureka` (off by default): the `eureka://` [registry] backend, through
 //!   a Eureka server's REST API.
+//! - `otel` (off by default): OTLP/gRPC export of a span per call served and
+//!   made, to `trace.otlp_endpoint`, through `opentelemetry-proto`
+//!   ([telemetry]).
 
 pub mod app;
 pub mod client;

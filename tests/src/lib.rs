@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 pub mod fakes;
 pub mod h2raw;
+pub mod logged;
 pub mod registries;
 
 /// The generated code of the test protos.

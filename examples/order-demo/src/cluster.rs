@@ -144,6 +144,9 @@ async fn spawn(dir: &Path, service: &'static str, index: u16, args: &[&str]) -> 
             "json",
             "--set",
             "shutdown.propagation_delay=200ms",
+            // One line per call, with its trace id: what the demo's grep finds.
+            "--set",
+            "log.access=true",
         ])
         .args(args)
         .stdin(Stdio::null())

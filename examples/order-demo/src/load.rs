@@ -163,6 +163,18 @@ fn connect(registry: &Registry) -> Result<GrpcClients, trellis::Error> {
     })
 }
 
+/// Places one more order inside one trace and returns the trace's id: each
+/// of its calls, and the calls order-status makes for it, is a span of that
+/// trace, logged with its id by every service it reaches.
+pub(crate) async fn traced_order(registry: &Registry) -> Result<String, String> {
+    let clients = connect(registry).map_err(|e| e.to_string())?;
+    let ctx = trellis::context::RequestContext::traced();
+    let trace_id = ctx.trace().map(|t| t.trace_id().to_string()).unwrap_or_default();
+    let order_id = format!("order-{}-traced", std::process::id());
+    ctx.scope(place_one(&clients, &order_id)).await?;
+    Ok(trace_id)
+}
+
 /// Pays, ships, and checks that the status service sees the order shipped.
 /// Returns how many writes had to be sent again with their idempotency key.
 async fn place_one(clients: &GrpcClients, order_id: &str) -> Result<u64, String> {

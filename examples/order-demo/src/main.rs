@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<load::Summary, String> {
-    let temp;
+    let mut temp = None;
     let dir = match &args.data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -78,11 +78,11 @@ async fn run(args: Args) -> Result<load::Summary, String> {
             dir.clone()
         }
         None => {
-            temp = tempfile::Builder::new()
+            let made = tempfile::Builder::new()
                 .prefix("order-demo-")
                 .tempdir()
                 .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-            temp.path().to_path_buf()
+            temp.insert(made).path().to_path_buf()
         }
     };
     println!("order-demo: data and logs in {}", dir.display());
@@ -112,10 +112,28 @@ async fn run(args: Args) -> Result<load::Summary, String> {
     }
     summary.per_instance = per_instance.into_iter().collect();
     println!("\n{summary}");
+    let trace = load::traced_order(&registry).await;
 
     println!("stopping the services (SIGTERM, graceful drain)...");
     cluster.stop(Duration::from_secs(15)).await;
+    match trace {
+        Ok(trace_id) => {
+            // The logs must outlive the demo for the command to work.
+            if let Some(temp) = temp.take() {
+                let _ = temp.keep();
+            }
+            println!("\none order's trace id: {trace_id}");
+            println!("its lines in the three services' logs (kept in {}):", dir.display());
+            println!("  grep -h {trace_id} {}/order-*.log", shell_quote(&dir));
+        }
+        Err(err) => println!("\nthe traced order failed: {err}"),
+    }
     Ok(summary)
+}
+
+/// `path` quoted for a POSIX shell.
+fn shell_quote(path: &std::path::Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
 /// Kills and restarts an instance every two seconds.

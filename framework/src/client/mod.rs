@@ -6,6 +6,9 @@
 //! ([`ChannelBuilder::build`]) in this order:
 //!
 //! ```text
+//! trace             a `traceparent` on every call: a child of the call being
+//!                   handled, else a new trace; `tracestate` passed along;
+//!                   a client span exported with feature `otel`     (trace.rs)
 //! [your layers]     ChannelBuilder::layer: around the whole call
 //! deadline          the call's own timeout, else the method's, shortened to the
 //!                   inbound call's remaining deadline; refused if already passed;
@@ -61,6 +64,7 @@ mod retry;
 mod stats;
 #[cfg(test)]
 mod testing;
+mod trace;
 
 use std::fmt;
 use std::sync::Arc;
@@ -80,6 +84,7 @@ pub use self::deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineServic
 pub use self::endpoint::{EndpointFuture, EndpointLayer, EndpointService, EndpointState, OutlierLimit};
 pub use self::retry::{RetryFuture, RetryLayer, RetryService};
 pub use self::stats::ChannelStats;
+pub use self::trace::{TraceFuture, TraceLayer, TraceService};
 pub use crate::error::{CallError, NotRetried};
 pub use crate::protocol::DEFAULT_TIMEOUT;
 
@@ -99,8 +104,8 @@ type Plain = DeadlineService<BreakerService<RetryService<Balancer>>>;
 /// The stack as built.
 #[derive(Clone)]
 enum Stack {
-    Plain(Plain),
-    Layered(BoxCallService),
+    Plain(TraceService<Plain>),
+    Layered(TraceService<BoxCallService>),
 }
 
 /// A channel to the instances of one service. Cheap to clone; clones share
@@ -293,12 +298,14 @@ impl ChannelBuilder {
             counters.clone(),
         );
         let stack = match (outer, attempt) {
-            (None, None) => Stack::Plain(deadline.layer(breaker.layer(retry.layer(balancer.clone())))),
+            (None, None) => {
+                Stack::Plain(TraceLayer.layer(deadline.layer(breaker.layer(retry.layer(balancer.clone())))))
+            }
             (outer, attempt) => {
                 let attempts = BoxCloneSyncService::new(balancer.clone());
                 let attempts = attempt.map_or(attempts.clone(), |layer| layer(attempts));
                 let call = BoxCloneSyncService::new(deadline.layer(breaker.layer(retry.layer(attempts))));
-                Stack::Layered(outer.map_or(call.clone(), |layer| layer(call)))
+                Stack::Layered(TraceLayer.layer(outer.map_or(call.clone(), |layer| layer(call))))
             }
         };
         let message_limits = config.message_limits();
@@ -369,9 +376,9 @@ pin_project_lite::pin_project! {
     #[project = ChannelProj]
     enum Kind {
         /// Through the built-in layers.
-        Plain { #[pin] inner: <Plain as Service<Request<Body>>>::Future },
+        Plain { #[pin] inner: <TraceService<Plain> as Service<Request<Body>>>::Future },
         /// Through layers of your own.
-        Layered { #[pin] inner: <BoxCallService as Service<Request<Body>>>::Future },
+        Layered { #[pin] inner: <TraceService<BoxCallService> as Service<Request<Body>>>::Future },
     }
 }
 

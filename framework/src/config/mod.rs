@@ -11,7 +11,9 @@
 //! | `instance.zone` | none | `[instance] zone = "eu-west-1a"` | `TRELLIS_INSTANCE__ZONE` | `--set` |
 //! | `instance.weight` | `100` | `[instance] weight = 50` | `TRELLIS_INSTANCE__WEIGHT` | `--set` |
 //! | `log.format` | `text` | `[log] format = "json"` | `TRELLIS_LOG__FORMAT` | `--log-format` |
-//! | `log.level` | `info` | `[log] level = "debug,h2=warn"` | `TRELLIS_LOG__LEVEL` | `--set log.level=...` |
+//! | `log.level` | `info` | `[log] level = "debug,h2=warn"` | `TRELLIS_LOG__LEVEL` or `RUST_LOG` | `--set log.level=...` |
+//! | `log.access` | `false` | `[log] access = true` | `TRELLIS_LOG__ACCESS` | `--set log.access=true` |
+//! | `trace.otlp_endpoint` | none | `[trace] otlp_endpoint = "http://127.0.0.1:4317"` | `TRELLIS_TRACE__OTLP_ENDPOINT` | `--set` |
 //! | `shutdown.propagation_delay` | `1s` | `[shutdown] propagation_delay = "2s"` | `TRELLIS_SHUTDOWN__PROPAGATION_DELAY` | `--set` |
 //! | `shutdown.drain_timeout` | `10s` | `[shutdown] drain_timeout = "30s"` | `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` | `--set` |
 //! | `server.max_concurrent_calls` | `1024` | `[server] max_concurrent_calls = 256` | `TRELLIS_SERVER__MAX_CONCURRENT_CALLS` | `--set` |
@@ -92,7 +94,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::ClientConfig;
 use crate::error::Error;
 use crate::server::{FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
-use crate::telemetry::LogConfig;
+use crate::telemetry::{LogConfig, TraceConfig};
 
 /// The prefix of every environment variable Trellis reads.
 pub const ENV_PREFIX: &str = "TRELLIS_";
@@ -115,6 +117,8 @@ pub struct Config {
     pub instance: InstanceConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Trace export.
+    pub trace: TraceConfig,
     /// Graceful shutdown timings.
     pub shutdown: ShutdownConfig,
     /// Server limits.
@@ -134,6 +138,7 @@ impl Default for Config {
             advertise: None,
             instance: InstanceConfig::default(),
             log: LogConfig::default(),
+            trace: TraceConfig::default(),
             shutdown: ShutdownConfig::default(),
             server: ServerConfig::default(),
             clients: BTreeMap::new(),
@@ -145,8 +150,18 @@ impl Default for Config {
 impl Config {
     /// The top-level keys the runtime reads itself. Any other top-level key
     /// must be a service's own section.
-    pub const KEYS: &'static [&'static str] =
-        &["listen", "registry", "advertise", "instance", "log", "shutdown", "server", "clients", "faults"];
+    pub const KEYS: &'static [&'static str] = &[
+        "listen",
+        "registry",
+        "advertise",
+        "instance",
+        "log",
+        "trace",
+        "shutdown",
+        "server",
+        "clients",
+        "faults",
+    ];
 }
 
 /// Checks the configuration file at `path` alone (no environment, no flags):
@@ -191,6 +206,10 @@ impl Layers {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = path {
             figment = figment.merge(file(path)?);
+        }
+        // The conventional `RUST_LOG`, below Trellis's own variables.
+        if let Some(level) = std::env::var("RUST_LOG").ok().filter(|l| !l.trim().is_empty()) {
+            figment = figment.merge(Serialized::global("log.level", level));
         }
         figment = figment.merge(
             Env::prefixed(ENV_PREFIX)
@@ -271,6 +290,7 @@ impl Layers {
         check(self.check::<Option<String>>("advertise"));
         check(self.check::<InstanceConfig>("instance"));
         check(self.check::<LogConfig>("log"));
+        check(self.check::<TraceConfig>("trace"));
         check(self.check::<ShutdownConfig>("shutdown"));
         check(self.check::<ServerConfig>("server"));
         check(self.check::<BTreeMap<String, ClientConfig>>("clients"));
@@ -625,7 +645,7 @@ mod tests {
 
         let err = message(Layers::load(Some(&path), Vec::new(), Some(&["status"])).unwrap_err());
         assert!(err.starts_with("`payment` (from file"), "{err}");
-        assert!(err.ends_with("unknown section; expected one of `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`"), "{err}");
+        assert!(err.ends_with("unknown section; expected one of `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`, `trace`"), "{err}");
     }
 
     #[test]

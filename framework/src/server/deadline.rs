@@ -1,6 +1,10 @@
-//! Sets the [`RequestContext`] of each inbound call from its `grpc-timeout`
-//! header, so outbound calls made by the handler inherit the deadline; and
-//! refuses, without running the handler, a call that arrives with no time left.
+//! Refuses, without running the handler, a call that arrives with no time
+//! left; otherwise runs it in its [`RequestContext`], so outbound calls made
+//! by the handler inherit the deadline.
+//!
+//! In the server the trace layer above has already decoded `grpc-timeout`
+//! into the current context, and this layer reads it from there; used alone,
+//! it makes the context from the header itself.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -48,15 +52,24 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
-        if timeout.is_some_and(|t| t.is_zero()) {
+        let (deadline, inherited) = match RequestContext::current() {
+            Some(ctx) => (ctx.deadline(), true),
+            None => {
+                let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
+                (timeout.map(|t| Instant::now() + t), false)
+            }
+        };
+        if deadline.is_some_and(|d| d <= Instant::now()) {
             let status = Status::deadline_exceeded(format!(
                 "{}: the call arrived after its deadline; not run",
                 req.uri().path()
             ));
             return DeadlineFuture::Expired { response: Some(status.into_http()) };
         }
-        let ctx = RequestContext::new(timeout.map(|t| Instant::now() + t));
+        if inherited {
+            return DeadlineFuture::Inherited { inner: self.inner.call(req) };
+        }
+        let ctx = RequestContext::new(deadline);
         // Both the service's `call` and its future see the context.
         let inner = ctx.clone().sync_scope(|| self.inner.call(req));
         DeadlineFuture::Run { inner: ctx.scope(inner) }
@@ -68,6 +81,7 @@ pin_project! {
     #[project = DeadlineProj]
     pub(crate) enum DeadlineFuture<F> {
         Run { #[pin] inner: TaskLocalFuture<RequestContext, F> },
+        Inherited { #[pin] inner: F },
         Expired { response: Option<Response<Body>> },
     }
 }
@@ -81,6 +95,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             DeadlineProj::Run { inner } => inner.poll(cx),
+            DeadlineProj::Inherited { inner } => inner.poll(cx),
             DeadlineProj::Expired { response } => Poll::Ready(Ok(response.take().unwrap_or_default())),
         }
     }

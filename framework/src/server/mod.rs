@@ -103,6 +103,7 @@ impl Server {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             http2: Http2Config::default(),
             messages: MessageLimits::default(),
+            access_log: false,
             registry: None,
             advertise: None,
             metadata: Metadata::default(),
@@ -124,6 +125,7 @@ pub struct ServerBuilder {
     max_concurrent_calls: usize,
     http2: Http2Config,
     messages: MessageLimits,
+    access_log: bool,
     registry: Option<Registry>,
     advertise: Option<String>,
     metadata: Metadata,
@@ -183,6 +185,14 @@ impl ServerBuilder {
     /// [`MessageLimits`]), applied to every service added, before or after.
     pub fn message_limits(mut self, messages: MessageLimits) -> Self {
         self.messages = messages;
+        self
+    }
+
+    /// Writes one `INFO` line per call (target `trellis::access`): method,
+    /// status, duration, peer, trace and span ids. Off by default; the
+    /// application's `log.access`.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
         self
     }
 
@@ -335,6 +345,7 @@ impl BoundServer {
             max_concurrent_calls,
             http2,
             messages,
+            access_log,
             registry,
             advertise,
             metadata,
@@ -361,7 +372,7 @@ impl BoundServer {
         let layers = ServiceBuilder::new()
             // REST/JSON transcoding (framework/src/gateway), outermost: its calls take every layer below.
             .layer(crate::gateway::layer(&services)?)
-            .layer(trace::TraceLayer)
+            .layer(trace::TraceLayer::new(access_log))
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)

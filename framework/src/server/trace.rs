@@ -6,8 +6,19 @@
 //! trailers pass through, or, if the client goes away first, when the body is
 //! dropped (reported as `CANCELLED`).
 //!
-//! Each call's end is one event with `rpc.method`, `status`, `duration_ms`
-//! and, when the caller sent a deadline, `timeout_ms`. Successful calls are
+//! Each call runs in a [`TraceContext`]: a child of the caller's
+//! `traceparent` (with its `tracestate`), or the root of a new trace when the
+//! call carries none or a malformed one. This layer also decodes the
+//! `grpc-timeout` header, once, and runs the call inside the resulting
+//! [`RequestContext`], so the deadline layer below, the handler, the clients
+//! it calls and every log line written meanwhile see both.
+//!
+//! Each call's end is one event with `rpc.method`, `status`, `duration_ms`,
+//! `peer` and, when the caller sent a deadline, `timeout_ms`; the log format
+//! adds `trace_id` and `span_id`. With `log.access = true`, every call also
+//! writes one `INFO` line with target `trellis::access`. With the `otel`
+//! feature and `trace.otlp_endpoint` set, every call is exported as a
+//! server span. Successful calls are
 //! logged at `DEBUG`; client errors at `INFO`; server errors (`UNKNOWN`,
 //! `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`, `DEADLINE_EXCEEDED`,
 //! `UNIMPLEMENTED`) at `WARN`.
@@ -17,6 +28,7 @@
 //! beyond the callsites' cached interest. With `log.level = "debug"` every
 //! event a handler logs carries the call's span.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -24,22 +36,36 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
 use tonic::Code;
+use tonic::transport::server::TcpConnectInfo;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 
+use crate::context::{RequestContext, TRACEPARENT, TRACESTATE, TraceContext};
 use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
+use crate::telemetry::span::{self, SpanKind};
 
 /// Adds a call span to every request. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TraceLayer;
+pub(crate) struct TraceLayer {
+    /// Whether every call writes an access log line.
+    access: bool,
+}
+
+impl TraceLayer {
+    /// A layer that writes an access log line per call when `access`.
+    pub(crate) fn new(access: bool) -> Self {
+        TraceLayer { access }
+    }
+}
 
 impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Trace<S> {
-        Trace { inner }
+        Trace { inner, access: self.access }
     }
 }
 
@@ -47,6 +73,7 @@ impl<S> Layer<S> for TraceLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct Trace<S> {
     inner: S,
+    access: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Trace<S>
@@ -62,21 +89,30 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
         // A static path is cloned without a copy.
-        let req_path = req.uri().path_and_query().cloned();
-        let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
+        let path = req.uri().path_and_query().cloned();
+        let headers = req.headers();
+        // Decoded here only: the deadline layer reads the context.
+        let timeout = headers.get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
+        let trace = TraceContext::from_headers(headers.get(TRACEPARENT), headers.get_all(TRACESTATE));
+        let peer = req.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
         let span = tracing::debug_span!(
             "grpc",
             rpc.method = req.uri().path(),
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+            peer = peer.map(tracing::field::display),
             rpc.status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
+        let ctx = RequestContext::new(timeout.map(|t| tokio::time::Instant::now() + t)).with_trace(trace);
         let inner = {
             let _enter = span.enter();
-            self.inner.call(req)
+            ctx.clone().sync_scope(|| self.inner.call(req))
         };
-        let path = req_path;
-        TraceFuture { inner, call: Some(Call { span, start: Instant::now(), timeout, path }) }
+        let call = Call { span, start, timeout, path, peer, access: self.access, ctx: ctx.clone() };
+        TraceFuture { inner: ctx.scope(inner), call: Some(call) }
     }
 }
 
@@ -88,33 +124,49 @@ struct Call {
     /// The deadline the caller sent, if any.
     timeout: Option<Duration>,
     path: Option<http::uri::PathAndQuery>,
+    peer: Option<SocketAddr>,
+    access: bool,
+    ctx: RequestContext,
 }
 
 impl Call {
     fn finish(self, code: Code) {
-        let elapsed = self.start.elapsed();
+        let Call { span, start, timeout, path, peer, access, ctx } = self;
+        let elapsed = start.elapsed();
         let duration_ms = elapsed.as_secs_f64() * 1e3;
-        self.span.record("rpc.status", tracing::field::debug(code));
-        self.span.record("duration_ms", duration_ms);
-        let timeout_ms = self.timeout.map(|t| t.as_secs_f64() * 1e3);
-        let method = self.path.as_ref().map_or("", |p| p.path());
-        let _enter = self.span.enter();
-        match code {
-            Code::Ok => {
-                tracing::debug!(rpc.method = method, status = ?code, duration_ms, timeout_ms, "call finished")
-            }
-            Code::Unknown
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-            | Code::DeadlineExceeded
-            | Code::Unimplemented => {
-                tracing::warn!(rpc.method = method, status = ?code, duration_ms, timeout_ms, "call failed")
-            }
-            _ => {
-                tracing::info!(rpc.method = method, status = ?code, duration_ms, timeout_ms, "call finished")
-            }
+        span.record("rpc.status", tracing::field::debug(code));
+        span.record("duration_ms", duration_ms);
+        let timeout_ms = timeout.map(|t| t.as_secs_f64() * 1e3);
+        let method = path.as_ref().map_or("", |p| p.path());
+        if let Some(trace) = ctx.trace()
+            && span::exporting()
+        {
+            span::record(span::FinishedSpan::new(SpanKind::Server, trace, method, code, elapsed, peer));
         }
+        let peer = peer.map(tracing::field::display);
+        // In the call's context, so the lines carry its trace.
+        ctx.sync_scope(|| {
+            let _enter = span.enter();
+            match code {
+                Code::Ok => {
+                    tracing::debug!(rpc.method = method, status = ?code, duration_ms, timeout_ms, peer, "call finished")
+                }
+                Code::Unknown
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+                | Code::DeadlineExceeded
+                | Code::Unimplemented => {
+                    tracing::warn!(rpc.method = method, status = ?code, duration_ms, timeout_ms, peer, "call failed")
+                }
+                _ => {
+                    tracing::info!(rpc.method = method, status = ?code, duration_ms, timeout_ms, peer, "call finished")
+                }
+            }
+            if access {
+                tracing::event!(target: "trellis::access", tracing::Level::INFO, rpc.method = method, status = ?code, duration_ms, peer, "access");
+            }
+        });
     }
 }
 
@@ -127,7 +179,7 @@ pin_project! {
     /// was cancelled by the client (or its connection closed).
     pub(crate) struct TraceFuture<F> {
         #[pin]
-        inner: F,
+        inner: TaskLocalFuture<RequestContext, F>,
         call: Option<Call>,
     }
 

@@ -1,4 +1,19 @@
-//! Logging set-up: `tracing` events and spans to stderr, as text or JSON.
+//! Logging and trace export: `tracing` events and spans to stderr, as text
+//! or JSON, each line written inside a call carrying the call's `trace_id`
+//! and `span_id` ([`format`]); finished spans to an OTLP collector with the
+//! `otel` feature ([`span`]). The trace context itself lives in
+//! [`crate::context`], below every layer that reads it.
+//!
+//! The level comes from `log.level`; `RUST_LOG`, when set, is read as the
+//! environment layer of that key (a file's `log.level` yields to it, a
+//! `TRELLIS_LOG__LEVEL` or `--set log.level=...` beats it).
+
+mod format;
+#[cfg(feature = "otel")]
+mod otlp;
+pub mod span;
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::filter::Targets;
@@ -29,12 +44,47 @@ pub fn init(config: &LogConfig) -> Result<(), Error> {
     })?;
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let _ = match config.format {
-        LogFormat::Text => builder.finish().with(filter).try_init(),
-        LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(true).finish().with(filter).try_init()
-        }
+        LogFormat::Text => builder.event_format(format::Text).finish().with(filter).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(format::JsonLines::new())
+            .finish()
+            .with(filter)
+            .try_init(),
     };
     Ok(())
+}
+
+/// Starts exporting spans as `service` when `config` names a collector.
+///
+/// # Errors
+///
+/// When `trace.otlp_endpoint` is not an `http://` URL, or is set in a
+/// binary built without the `otel` feature.
+pub fn init_export(config: &TraceConfig, service: &str) -> Result<(), Error> {
+    let Some(endpoint) = config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
+        return Ok(());
+    };
+    #[cfg(feature = "otel")]
+    {
+        otlp::install(endpoint, service)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = service;
+        Err(Error::Config(format!(
+            "`trace.otlp_endpoint` is `{endpoint}`, but this binary was built without OTLP export; \
+             build it with the `otel` feature of trellis, or unset the key"
+        )))
+    }
+}
+
+/// Sends the spans still queued, waiting at most `timeout`; at exit.
+pub fn flush(timeout: Duration) {
+    #[cfg(feature = "otel")]
+    otlp::flush(timeout);
+    #[cfg(not(feature = "otel"))]
+    let _ = timeout;
 }
 
 /// Rejects what `Targets` would read leniently: a directive is a level
@@ -60,12 +110,24 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `info,trellis=debug`.
     pub level: String,
+    /// One `INFO` line per call served (target `trellis::access`), with
+    /// method, status, duration, peer and the trace and span ids.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
+        LogConfig { format: LogFormat::Text, level: "info".to_owned(), access: false }
     }
+}
+
+/// Trace export settings (section `trace`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceConfig {
+    /// The OTLP/gRPC collector spans are sent to, `http://HOST:PORT`; none
+    /// by default. Needs the `otel` feature.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How log lines are written.

@@ -260,7 +260,10 @@ impl Context {
         let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
         let config = layers.config()?;
         let registry = Registry::from_url(&config.registry)?;
-        let clients = Clients::new(registry).with_configs(config.clients.clone());
+        let mut clients = Clients::new(registry).with_configs(config.clients.clone());
+        if config.tls.is_set() {
+            clients = clients.with_tls(config.tls.clone());
+        }
         let own = sections.unwrap_or_default();
         let sections = Arc::new(Sections {
             unknown: layers.unknown(own)?,
@@ -334,6 +337,9 @@ impl Context {
                 let sections = Arc::clone(&self.sections);
                 move || sections.check()
             });
+        if self.config.tls.is_set() {
+            server = server.tls(self.config.tls.clone());
+        }
         if let Some(advertise) = &self.config.advertise {
             server = server.advertise(advertise.clone());
         }

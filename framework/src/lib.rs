@@ -44,6 +44,9 @@
 //!   a Consul agent's HTTP API.
 //! - `eureka` (off by default): the `eureka://` [registry] backend, through
 //!   a Eureka server's REST API.
+//! - `tls` (off by default; the order services turn it on): TLS and mutual
+//!   TLS between services on rustls with ring, configured in `[tls]`
+//!   ([`tls`]).
 
 pub mod app;
 pub mod client;
@@ -70,6 +73,7 @@ pub use error::{BoxError, Error};
 pub use registry::Registry;
 pub use server::Server;
 pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
+pub use transport::tls;
 
 /// Includes the code `trellis-build` generated in `build.rs`: one module per
 /// proto package (`order.payment.v1` becomes `order::payment::v1`).

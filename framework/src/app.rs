@@ -259,7 +259,7 @@ impl Context {
         let file = matches.get_one::<PathBuf>("config");
         let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
         let config = layers.config()?;
-        let registry = Registry::from_url(&config.registry)?;
+        let registry = Registry::from_url(config.registry.expose())?;
         let mut clients = Clients::new(registry).with_configs(config.clients.clone());
         if config.tls.is_set() {
             clients = clients.with_tls(config.tls.clone());

@@ -59,6 +59,7 @@ mod error;
 pub mod gateway;
 pub mod protocol;
 pub mod registry;
+mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
@@ -70,7 +71,8 @@ pub use descriptor::{
     ServiceDescriptor, StreamingKind,
 };
 pub use error::{BoxError, Error};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryUrl};
+pub use secret::Secret;
 pub use server::Server;
 pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
 pub use transport::tls;

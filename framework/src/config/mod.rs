@@ -79,6 +79,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::ClientConfig;
 use crate::error::Error;
+use crate::registry::RegistryUrl;
 use crate::server::{FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
 use crate::telemetry::LogConfig;
 use crate::transport::tls::TlsConfig;
@@ -94,7 +95,8 @@ pub struct Config {
     #[serde(with = "listen_addr")]
     pub listen: SocketAddr,
     /// The registry URL: where services register and find each other.
-    pub registry: String,
+    /// Shown with its secrets (a password, `token=`) redacted.
+    pub registry: RegistryUrl,
     /// The address registered for this instance: `HOST` (with the bound
     /// port) or `HOST:PORT`. By default the listen address; when listening on
     /// all interfaces (`0.0.0.0`, `[::]`), loopback, which only this machine
@@ -121,7 +123,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            registry: "local://".to_owned(),
+            registry: "local://".into(),
             advertise: None,
             instance: InstanceConfig::default(),
             log: LogConfig::default(),

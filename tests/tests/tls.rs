@@ -249,7 +249,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate_or_from_another_ca() {
         let status = unary(&mut client(&registry, tls)).await.expect_err(who);
         assert_eq!(status.code(), Code::Unavailable, "{who}: {status:?}");
         assert!(
-            status.message().contains("client certificate")
+            status.message().contains("refuse")
                 && status.message().contains("`tls.client_ca`")
                 && status.message().contains("`tls.cert`"),
             "{who}: {}",
@@ -431,6 +431,30 @@ async fn wait_for(logs: &Logs, needle: &str) {
         assert!(tokio::time::Instant::now() < deadline, "no {needle:?} in the logs: {}", logs.text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_handshake_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let files = Files::new();
+    let ca = Ca::new("test CA");
+    let ca_file = files.write("ca.pem", &ca.pem);
+    let server = files.pair("server", &ca.leaf(&["127.0.0.1"], false));
+    let registry = files.registry();
+    let mut tls = server_tls(&server, None);
+    tls.handshake_timeout = Duration::from_millis(300);
+    let (addr, _stop) = serve(tls, &registry).await;
+
+    // Connected, and never says hello.
+    let started = tokio::time::Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await;
+    let took = started.elapsed();
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the stalled connection was not closed: {read:?}");
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "closed after {took:?}");
+    // Meanwhile, and after, others are served.
+    assert_eq!(unary(&mut client(&registry, client_tls(&ca_file, None))).await.expect("call"), "anonymous");
 }
 
 /// Calls `grpc.health.v1.Health/Check` with Python's grpcio (its own TLS

@@ -262,8 +262,11 @@ impl Context {
         let file = matches.get_one::<PathBuf>("config");
         let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
         let config = layers.config()?;
-        let registry = Registry::from_url(&config.registry)?;
-        let clients = Clients::new(registry).with_configs(config.clients.clone());
+        let registry = Registry::from_url(config.registry.expose())?;
+        let mut clients = Clients::new(registry).with_configs(config.clients.clone());
+        if config.tls.is_set() {
+            clients = clients.with_tls(config.tls.clone());
+        }
         let own = sections.unwrap_or_default();
         let sections = Arc::new(Sections {
             unknown: layers.unknown(own)?,
@@ -340,6 +343,9 @@ impl Context {
                 let sections = Arc::clone(&self.sections);
                 move || sections.check()
             });
+        if self.config.tls.is_set() {
+            server = server.tls(self.config.tls.clone());
+        }
         if let Some(advertise) = &self.config.advertise {
             server = server.advertise(advertise.clone());
         }

@@ -47,6 +47,9 @@
 //! - `otel` (off by default): OTLP/gRPC export of a span per call served and
 //!   made, to `trace.otlp_endpoint`, through `opentelemetry-proto`
 //!   ([telemetry]).
+//! - `tls` (off by default; the order services turn it on): TLS and mutual
+//!   TLS between services on rustls with ring, configured in `[tls]`
+//!   ([`tls`]).
 
 pub mod app;
 pub mod client;
@@ -62,6 +65,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod protocol;
 pub mod registry;
+mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
@@ -73,9 +77,11 @@ pub use descriptor::{
     ServiceDescriptor, StreamingKind,
 };
 pub use error::{BoxError, Error};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryUrl};
+pub use secret::Secret;
 pub use server::Server;
 pub use tonic::{Code, Request, Response, Status, Streaming, async_trait};
+pub use transport::tls;
 
 /// Includes the code `trellis-build` generated in `build.rs`: one module per
 /// proto package (`order.payment.v1` becomes `order::payment::v1`).

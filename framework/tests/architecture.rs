@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Top-level modules by floor, lowest first.
 const FLOORS: &[&[&str]] = &[
-    &["error", "protocol", "descriptor", "context", "duration"],
+    &["error", "protocol", "descriptor", "context", "duration", "secret"],
     &["registry", "telemetry"],
     &["transport", "gateway"],
     &["client", "server"],

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Balance;
 use crate::registry::Registry;
+use crate::transport::tls::TlsConfig;
 
 /// How this service calls one other service. Overrides what the proto says.
 ///
@@ -92,12 +93,26 @@ pub struct Clients {
     registry: Registry,
     /// By lowercased service name, as environment variables are lowercased.
     configs: Arc<BTreeMap<String, ClientConfig>>,
+    /// The `[tls]` settings for `https` instances.
+    tls: Option<Arc<TlsConfig>>,
 }
 
 impl Clients {
     /// Channels through `registry`, with no settings of their own.
     pub fn new(registry: Registry) -> Self {
-        Clients { registry, configs: Arc::default() }
+        Clients { registry, configs: Arc::default(), tls: None }
+    }
+
+    /// The same, reaching `https` instances with `tls` (`tls.ca`, and
+    /// `tls.cert`/`tls.key` as the client's identity; see `docs/tls.md`).
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
+    }
+
+    /// The TLS settings for `https` instances.
+    pub(crate) fn tls(&self) -> Option<Arc<TlsConfig>> {
+        self.tls.clone()
     }
 
     /// The same, with `configs` by full service name.

@@ -284,8 +284,13 @@ impl ChannelBuilder {
         let balance = config.balance.or(balance).unwrap_or_default();
         let registry = clients.registry();
 
-        let balancer =
-            Balancer::new(registry, service.name(), balance, balance::connect_tonic(), counters.clone());
+        let balancer = Balancer::new(
+            registry,
+            service.name(),
+            balance,
+            balance::connect_tonic(clients.tls()),
+            counters.clone(),
+        );
         let deadline = DeadlineLayer::new(
             service.name(),
             PerMethod::new(settings.iter().map(|(path, s)| (*path, s.timeout)), DEFAULT_TIMEOUT),

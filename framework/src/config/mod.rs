@@ -38,6 +38,13 @@
 //! | `clients."SERVICE".methods.METHOD.max_attempts` | 3 | `max_attempts = 1` | file only | file only |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
 //! | `faults.unavailable` | `false` | `[faults] unavailable = true` | `TRELLIS_FAULTS__UNAVAILABLE` | `--set` |
+//! | `tls.cert`, `tls.key` | none (plaintext) | `[tls] cert = "svc.pem"` | `TRELLIS_TLS__CERT` | `--set` |
+//! | `tls.client_ca` | none (no client certificates) | `[tls] client_ca = "ca.pem"` | `TRELLIS_TLS__CLIENT_CA` | `--set` |
+//! | `tls.ca` | none | `[tls] ca = "ca.pem"` | `TRELLIS_TLS__CA` | `--set` |
+//! | `tls.server_name` | each instance's host | `[tls] server_name = "payments.internal"` | `TRELLIS_TLS__SERVER_NAME` | `--set` |
+//! | `tls.allow."SERVICE"` | any verified client | `[tls.allow] "pkg.Svc" = ["spiffe://..."]` | file only | file only |
+//! | `tls.handshake_timeout` | `10s` (100ms to 60s) | `[tls] handshake_timeout = "5s"` | `TRELLIS_TLS__HANDSHAKE_TIMEOUT` | `--set` |
+//! | `tls.reload_interval` | `10s` (100ms to 1h) | `[tls] reload_interval = "1m"` | `TRELLIS_TLS__RELOAD_INTERVAL` | `--set` |
 //!
 //! The ranges of the `server.http2`, `server.messages` and message size
 //! keys, and why each default: `docs/hardening.md`.
@@ -93,8 +100,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::ClientConfig;
 use crate::error::Error;
+use crate::registry::RegistryUrl;
 use crate::server::{FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
 use crate::telemetry::{LogConfig, TraceConfig};
+use crate::transport::tls::TlsConfig;
 
 /// The prefix of every environment variable Trellis reads.
 pub const ENV_PREFIX: &str = "TRELLIS_";
@@ -107,7 +116,8 @@ pub struct Config {
     #[serde(with = "listen_addr")]
     pub listen: SocketAddr,
     /// The registry URL: where services register and find each other.
-    pub registry: String,
+    /// Shown with its secrets (a password, `token=`) redacted.
+    pub registry: RegistryUrl,
     /// The address registered for this instance: `HOST` (with the bound
     /// port) or `HOST:PORT`. By default the listen address; when listening on
     /// all interfaces (`0.0.0.0`, `[::]`), loopback, which only this machine
@@ -128,13 +138,15 @@ pub struct Config {
     pub clients: BTreeMap<String, ClientConfig>,
     /// Injected faults, for chaos tests.
     pub faults: FaultsConfig,
+    /// TLS and mutual TLS (`docs/tls.md`).
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            registry: "local://".to_owned(),
+            registry: "local://".into(),
             advertise: None,
             instance: InstanceConfig::default(),
             log: LogConfig::default(),
@@ -143,6 +155,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             clients: BTreeMap::new(),
             faults: FaultsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -161,6 +174,7 @@ impl Config {
         "server",
         "clients",
         "faults",
+        "tls",
     ];
 }
 
@@ -295,7 +309,23 @@ impl Layers {
         check(self.check::<ServerConfig>("server"));
         check(self.check::<BTreeMap<String, ClientConfig>>("clients"));
         check(self.check::<FaultsConfig>("faults"));
+        check(self.check::<TlsConfig>("tls").and_then(|()| self.tls_problems()));
         Ok(problems)
+    }
+
+    /// The `[tls]` settings' problems taken together, each with where it
+    /// was set.
+    fn tls_problems(&self) -> Result<(), Vec<String>> {
+        let tls: TlsConfig = self.extract("tls")?;
+        let from = match self.figment.find_metadata("tls") {
+            Some(meta) => format!(" (from {})", source(Some(meta), &["tls".to_owned()])),
+            None => String::new(),
+        };
+        let problems = tls.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(problems.into_iter().map(|p| format!("{p}{from}")).collect())
     }
 
     /// Whether the value at `key`, if there is one, is a `T`.
@@ -645,7 +675,7 @@ mod tests {
 
         let err = message(Layers::load(Some(&path), Vec::new(), Some(&["status"])).unwrap_err());
         assert!(err.starts_with("`payment` (from file"), "{err}");
-        assert!(err.ends_with("unknown section; expected one of `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`, `trace`"), "{err}");
+        assert!(err.ends_with("unknown section; expected one of `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`, `tls`, `trace`"), "{err}");
     }
 
     #[test]
@@ -714,6 +744,27 @@ mod tests {
         assert!(err.contains("zookeeper://x:1") && err.contains("scheme"), "{err}");
         let missing = path.with_file_name("missing.toml");
         assert!(message(check_file(&missing, &[]).unwrap_err()).contains("does not exist"));
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_load() {
+        let (_dir, path) = file("[tls]\ncert = \"svc.pem\"\nhandshake_timeout = \"5m\"\n");
+        let err = message(Layers::load(Some(&path), Vec::new(), None).unwrap_err());
+        let from = format!("(from file `{}`)", path.display());
+        assert!(
+            err.contains(&format!(
+                "`tls.handshake_timeout` {from}: `5m` is out of range; expected from 100ms to 1m"
+            )),
+            "{err}"
+        );
+        let (_dir, path) = file("[tls]\ncert = \"svc.pem\"\n[tls.allow]\n\"a.v1.A\" = [\"spiffe://x/y\"]\n");
+        let err = message(Layers::load(Some(&path), Vec::new(), None).unwrap_err());
+        let from = format!("(from file `{}`)", path.display());
+        assert!(err.contains("`tls.key` is missing") && err.contains(&from), "{err}");
+        assert!(err.contains("`tls.allow` is set but `tls.client_ca` is not"), "{err}");
+        let config = load("[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nreload_interval = \"1s\"\n").unwrap();
+        assert_eq!(config.tls.reload_interval, Duration::from_secs(1));
+        assert!(config.tls.serves_tls());
     }
 
     #[test]

@@ -51,6 +51,7 @@ use super::types::{
 };
 use super::url::{Target, parse_endpoint};
 use crate::error::Error;
+use crate::secret::Secret;
 
 /// The TTL of a check, unless `ttl` says otherwise.
 const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -114,7 +115,7 @@ impl Consul {
             wait: DEFAULT_WAIT,
             dc: None,
         };
-        let mut token = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty());
+        let mut token = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty()).map(Secret::new);
         for (key, value) in pairs {
             let duration = |least: Duration| {
                 humantime::parse_duration(value).ok().filter(|d| *d >= least && !d.is_zero()).ok_or_else(
@@ -143,7 +144,7 @@ impl Consul {
                     consul.dc = Some(value.to_owned());
                 }
                 "dc" => return Err(err(format!("`dc={value}`: expected a datacenter name such as dc1"))),
-                "token" if !value.is_empty() => token = Some(value.to_owned()),
+                "token" if !value.is_empty() => token = Some(Secret::new(value.to_owned())),
                 "token" => {
                     return Err(err(
                         "`token=` is empty: give the ACL token, or leave the option out".to_owned()
@@ -158,7 +159,7 @@ impl Consul {
             }
         }
         if let Some(token) = token {
-            consul.http = consul.http.with_header("x-consul-token", &token, true).map_err(&err)?;
+            consul.http = consul.http.with_header("x-consul-token", token.expose(), true).map_err(&err)?;
         }
         Ok(consul)
     }

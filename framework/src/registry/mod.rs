@@ -57,6 +57,7 @@ use crate::error::Error;
 
 pub(crate) use types::AbortOnDrop;
 pub use types::{Backend, BoxFuture, DEFAULT_TTL, Endpoint, Instance, Lease, Metadata, Resolution, Scheme};
+pub use url::RegistryUrl;
 pub(crate) use url::parse_endpoint;
 
 /// A registry, chosen by URL. Cheap to clone: clones share the backend.

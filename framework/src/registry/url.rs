@@ -29,11 +29,82 @@ impl Target<'_> {
 }
 
 /// Query keys whose values are secrets, never shown.
-const SECRETS: &[&str] = &["token"];
+const SECRETS: &[&str] = &["token", "password", "secret"];
 
-/// `url` with the value of every secret query key (`token=...`) replaced by
-/// `REDACTED`, so the URL can be logged and put in errors.
-pub(super) fn redact(url: &str) -> std::borrow::Cow<'_, str> {
+/// A registry URL as the configuration holds it: shown (`Debug`,
+/// `Display`) with its secrets replaced by `REDACTED`, the password of a
+/// `user:password@` and every `token=`, `password=` or `secret=` value.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct RegistryUrl(String);
+
+impl RegistryUrl {
+    /// The URL itself, secrets included, to open the registry with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for RegistryUrl {
+    fn from(url: &str) -> Self {
+        RegistryUrl(url.to_owned())
+    }
+}
+
+impl From<String> for RegistryUrl {
+    fn from(url: String) -> Self {
+        RegistryUrl(url)
+    }
+}
+
+impl std::fmt::Debug for RegistryUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*redact(&self.0), f)
+    }
+}
+
+impl std::fmt::Display for RegistryUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+/// `url` with the password of its `user:password@` part and the value of
+/// every secret query key (`token=...`) replaced by `REDACTED`, so the URL
+/// can be logged and put in errors.
+pub(crate) fn redact(url: &str) -> std::borrow::Cow<'_, str> {
+    let userinfo = redact_userinfo(url);
+    match redact_query(&userinfo) {
+        std::borrow::Cow::Borrowed(_) => userinfo,
+        std::borrow::Cow::Owned(owned) => owned.into(),
+    }
+}
+
+/// `scheme://user:password@host` as `scheme://user:REDACTED@host`, in each
+/// comma-separated address.
+fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.into() };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    if !authority.contains('@') {
+        return url.into();
+    }
+    let hosts: Vec<String> = authority
+        .split(',')
+        .map(|host| match host.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:{}@{host}", crate::secret::REDACTED),
+                None => format!("{}@{host}", crate::secret::REDACTED),
+            },
+            None => host.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{}{tail}", hosts.join(",")).into()
+}
+
+fn redact_query(url: &str) -> std::borrow::Cow<'_, str> {
     let Some((base, query)) = url.split_once('?') else { return url.into() };
     if !query
         .split('&')
@@ -65,8 +136,13 @@ pub(super) fn query(rest: &str) -> (&str, Vec<(&str, &str)>) {
 
 /// Parses `HOST:PORT` (`[v6]:PORT` for IPv6).
 pub(crate) fn parse_endpoint(addr: &str) -> Result<Endpoint, String> {
+    // A `user:password@` part is never shown.
+    let shown = match addr.rsplit_once('@') {
+        Some((_, host)) => format!("{}@{host}", crate::secret::REDACTED),
+        None => addr.to_owned(),
+    };
     let bad =
-        |why: &str| format!("`{addr}` is not HOST:PORT ({why}), such as 127.0.0.1:50051 or [::1]:50051");
+        |why: &str| format!("`{shown}` is not HOST:PORT ({why}), such as 127.0.0.1:50051 or [::1]:50051");
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
     if port == 0 {
@@ -101,6 +177,15 @@ mod tests {
         assert_eq!(redact("consul://h:1?token=s3cret&wait=5s"), "consul://h:1?token=REDACTED&wait=5s");
         assert_eq!(redact("consul://h:1?dc=a&token=x"), "consul://h:1?dc=a&token=REDACTED");
         assert_eq!(redact("consul://h:1?tokens=x"), "consul://h:1?tokens=x");
+        assert_eq!(redact("etcd://root:pa55@h:1,h:2"), "etcd://root:REDACTED@h:1,h:2");
+        assert_eq!(
+            redact("etcd://a:x@h:1,b:y@h:2?password=z"),
+            "etcd://a:REDACTED@h:1,b:REDACTED@h:2?password=REDACTED"
+        );
+        assert_eq!(redact("etcd://tok@h:1/p?q=1"), "etcd://REDACTED@h:1/p?q=1");
+        let url = RegistryUrl::from("consul://h:1?token=s3cret");
+        assert_eq!(format!("{url} {url:?}"), "consul://h:1?token=REDACTED \"consul://h:1?token=REDACTED\"");
+        assert_eq!(url.expose(), "consul://h:1?token=s3cret");
         assert_eq!(redact("local:///tmp/x"), "local:///tmp/x");
     }
 }

@@ -13,6 +13,10 @@
 //! - Load shedding: past `server.max_concurrent_calls` calls in flight, a call
 //!   is refused at once with `RESOURCE_EXHAUSTED` and `grpc-retry-pushback-ms`.
 //! - Graceful shutdown on SIGINT or SIGTERM.
+//! - TLS and mutual TLS with the `tls` feature and settings
+//!   ([`ServerBuilder::tls`], `docs/tls.md`): the instances register as
+//!   `https`, and `tls.allow` restricts each service to some client
+//!   identities ([`PeerIdentity`](crate::tls::PeerIdentity)).
 //!
 //! With a [`Registry`], each service is registered once the server listens
 //! and every service is `SERVING`, under the advertised address (see
@@ -38,6 +42,7 @@
 //! # }
 //! ```
 
+mod allow;
 mod config;
 mod deadline;
 mod drain;
@@ -73,7 +78,8 @@ use crate::descriptor::{DescribedService, ServiceDescriptor};
 use crate::error::{BoxError, Error};
 use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
-use crate::transport::Listener;
+use crate::transport::tls::TlsConfig;
+use crate::transport::{Incoming, Listener};
 
 /// How long one deregistration may take during shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -112,6 +118,7 @@ impl Server {
             signal: None,
             layer: None,
             config_check: None,
+            tls: None,
         }
     }
 }
@@ -134,6 +141,7 @@ pub struct ServerBuilder {
     signal: Option<ShutdownSignal>,
     layer: Option<ServerLayerFn>,
     config_check: Option<Box<dyn FnOnce() -> Result<(), Error> + Send + Sync>>,
+    tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -215,6 +223,15 @@ impl ServerBuilder {
     /// interfaces.
     pub fn advertise(mut self, address: impl Into<String>) -> Self {
         self.advertise = Some(address.into());
+        self
+    }
+
+    /// Serves TLS with `tls.cert` and `tls.key`, requires client
+    /// certificates with `tls.client_ca`, and restricts services to client
+    /// identities with `tls.allow` (feature `tls`; see `docs/tls.md`).
+    /// Settings without `cert` and `key` leave the server in plaintext.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -303,7 +320,7 @@ impl ServerBuilder {
             check()?;
         }
         self.http2.check().map_err(Error::Config)?;
-        let listener = Listener::bind(self.listen).await?;
+        let listener = Listener::bind(self.listen, self.tls.as_ref()).await?;
         Ok(BoundServer { builder: self, listener })
     }
 
@@ -353,8 +370,16 @@ impl BoundServer {
             services,
             signal,
             layer,
+            tls,
             ..
         } = builder;
+        let allow = tls.map(|tls| tls.allow).unwrap_or_default();
+        if !allow.is_empty() && !listener.mutual_tls() {
+            return Err(Error::Config(
+                "`tls.allow` needs `tls.client_ca`: identities come from verified client certificates"
+                    .to_owned(),
+            ));
+        }
         let endpoint = advertised(local_addr, advertise.as_deref())?.with_scheme(listener.scheme());
         let signal = signal.unwrap_or_else(|| Box::pin(termination_signal()));
 
@@ -376,6 +401,8 @@ impl BoundServer {
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)
+            // `tls.allow`: callers checked against each service's allowed identities.
+            .option_layer((!allow.is_empty()).then(|| allow::AllowLayer::new(allow)))
             // Your layers: type-erased once, only when there are some.
             .layer(tower::layer::layer_fn(move |inner| {
                 let inner = MapErrLayer::new(Into::<BoxError>::into).layer(inner);
@@ -390,16 +417,29 @@ impl BoundServer {
             );
 
         let idle_timeout = http2.idle_timeout;
-        let incoming = tokio_stream::StreamExt::map(listener.incoming(), move |accepted| {
-            accepted.map(|io| IdleTimeout::new(io, idle_timeout))
-        });
         // Every HTTP/2 limit set explicitly (framework/src/server/limits.rs).
-        let server = http2
+        let router = http2
             .apply(tonic::transport::Server::builder())
             .accept_http1(true) // REST over HTTP/1.1 (framework/src/gateway)
             .layer(layers)
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned());
+            .add_routes(routes.routes());
+        let stop = drain.clone().cancelled_owned();
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match listener.incoming() {
+                Incoming::Plain(incoming) => {
+                    let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
+                        accepted.map(|io| IdleTimeout::new(io, idle_timeout))
+                    });
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+                }
+                #[cfg(feature = "tls")]
+                Incoming::Tls(incoming) => {
+                    let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
+                        accepted.map(|io| IdleTimeout::new(io, idle_timeout))
+                    });
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+                }
+            };
         tokio::pin!(server);
 
         set_status(&health, &services, ServingStatus::Serving).await;

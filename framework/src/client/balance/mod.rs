@@ -70,9 +70,11 @@ pub(crate) type Connector<S> =
 
 /// The transport of a real channel: a lazy tonic connection, with its
 /// server's `grpc.health.v1` status followed.
-pub(crate) fn connect_tonic() -> Connector<tonic::transport::Channel> {
-    Arc::new(|state: &Arc<EndpointState>| {
-        let conn = crate::transport::connect_lazy(state.endpoint())?;
+pub(crate) fn connect_tonic(
+    tls: Option<Arc<crate::transport::tls::TlsConfig>>,
+) -> Connector<tonic::transport::Channel> {
+    Arc::new(move |state: &Arc<EndpointState>| {
+        let conn = crate::transport::connect_lazy(state.endpoint(), tls.as_deref())?;
         let health = tokio::spawn(super::endpoint::watch_health(conn.clone(), Arc::downgrade(state)));
         Ok((conn, Some(AbortOnDrop(health))))
     })

@@ -39,7 +39,7 @@ use self::state::InFlight;
 pub(crate) use self::state::watch_health;
 pub use self::state::{EndpointState, OutlierLimit};
 use super::deadline::Deadline;
-use crate::error::{BoxError, CallError, error_chain};
+use crate::error::{BoxError, CallError};
 use crate::protocol::{GRPC_TIMEOUT, RETRY_PUSHBACK_MS, UNPROCESSED, encode_grpc_timeout};
 
 /// Marks an attempt as the probe of an ejected endpoint (set by the balancer).
@@ -176,7 +176,7 @@ impl Outcome {
             method: self.method(),
             service: state.service,
             endpoint: state.endpoint.to_string(),
-            reason: error_chain(err.as_ref()),
+            reason: crate::transport::failure_reason(&state.endpoint, err.as_ref()),
             never_reached: never_reached(err.as_ref()),
         };
         self.fail(error)

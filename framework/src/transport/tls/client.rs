@@ -1,0 +1,93 @@
+//! The clients' TLS: trust roots from `tls.ca`, the process's own
+//! certificate as the client identity, the server's name checked against
+//! its certificate. The files are read again for each new instance, so a
+//! rotated CA or client certificate reaches new connections.
+
+use std::error::Error as StdError;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use super::{TlsConfig, files};
+use crate::registry::Endpoint;
+
+/// tonic's client TLS settings to reach `endpoint`, after checking every
+/// file named in `settings`.
+pub(crate) fn client_config(settings: &TlsConfig, endpoint: &Endpoint) -> Result<ClientTlsConfig, String> {
+    let Some(ca) = &settings.ca else {
+        return Err("it is registered as `https`, and `tls.ca` is not set; set it to the file of the CA \
+                    that signed the servers' certificates"
+            .to_owned());
+    };
+    files::roots("tls.ca", ca)?;
+    let pem = std::fs::read(ca).map_err(|err| format!("`tls.ca`: file `{}`: {err}", ca.display()))?;
+    let name = settings.server_name.clone().unwrap_or_else(|| endpoint.host().to_owned());
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pem))
+        .domain_name(name)
+        .timeout(settings.handshake_timeout);
+    if let (Some(cert), Some(key)) = (&settings.cert, &settings.key) {
+        files::certified_key(cert, key)?;
+        let read = |setting: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|err| format!("`{setting}`: file `{}`: {err}", path.display()))
+        };
+        config = config.identity(Identity::from_pem(read("tls.cert", cert)?, read("tls.key", key)?));
+    }
+    Ok(config)
+}
+
+/// What a failed TLS handshake means and how to fix it, when `err`'s
+/// source chain holds one.
+pub(crate) fn describe_failure(err: &(dyn StdError + 'static)) -> Option<String> {
+    use tokio_rustls::rustls::{AlertDescription, CertificateError, Error};
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        let rustls = cause.downcast_ref::<Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|e| e.downcast_ref::<Error>())
+        });
+        if let Some(rustls) = rustls {
+            return Some(match rustls {
+                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                    "TLS: the server's certificate is not signed by a CA in `tls.ca` (unknown CA); set `tls.ca` \
+                     to the CA that signed it"
+                        .to_owned()
+                }
+                Error::InvalidCertificate(CertificateError::NotValidForNameContext { expected, presented }) => {
+                    format!(
+                        "TLS: the server's certificate is not valid for `{}` (name mismatch; it names {}); \
+                         issue it for the name clients use, or set `tls.server_name`",
+                        expected.to_str(),
+                        if presented.is_empty() { "nothing".to_owned() } else { presented.join(", ") }
+                    )
+                }
+                Error::InvalidCertificate(CertificateError::NotValidForName) => {
+                    "TLS: the server's certificate is not valid for the name it was reached by (name \
+                     mismatch); issue it for the name clients use, or set `tls.server_name`"
+                        .to_owned()
+                }
+                Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+                    "TLS: the server's certificate has expired; renew it on the server".to_owned()
+                }
+                Error::InvalidCertificate(
+                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+                ) => "TLS: the server's certificate is not valid yet; check the clocks".to_owned(),
+                Error::AlertReceived(
+                    alert @ (AlertDescription::CertificateRequired
+                    | AlertDescription::BadCertificate
+                    | AlertDescription::UnknownCA
+                    | AlertDescription::CertificateUnknown
+                    | AlertDescription::CertificateExpired
+                    | AlertDescription::AccessDenied),
+                ) => format!(
+                    "TLS: the server refused this client's certificate ({alert:?}); set `tls.cert` and \
+                     `tls.key` to an identity signed by a CA in the server's `tls.client_ca`"
+                ),
+                other => format!("TLS: {other}"),
+            });
+        }
+        source = cause.source();
+    }
+    None
+}

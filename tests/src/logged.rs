@@ -23,13 +23,27 @@ impl LoggedService {
     /// Starts binary `name` with `args` on a free loopback port, logging in
     /// `format` (`text` or `json`) to `log`, and waits until it listens.
     pub async fn start(name: &str, format: &str, log: &Path, args: &[&str]) -> LoggedService {
+        let args: Vec<&str> = ["--set", "log.level=info"].iter().chain(args).copied().collect();
+        Self::start_with_env(name, format, log, &args, &[]).await
+    }
+
+    /// [`start`](Self::start) with `env` set and no `log.level` of its own,
+    /// so that `RUST_LOG` in `env` is the level.
+    pub async fn start_with_env(
+        name: &str,
+        format: &str,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> LoggedService {
         let file =
             std::fs::File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let child = Command::new(bin(name))
-            .args(["--listen", "127.0.0.1:0", "--log-format", format, "--set", "log.level=info"])
+            .args(["--listen", "127.0.0.1:0", "--log-format", format])
             .args(args)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

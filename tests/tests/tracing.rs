@@ -327,3 +327,40 @@ async fn the_demo_prints_a_trace_id_and_a_command_that_finds_it_in_all_three_log
     methods.sort_unstable();
     assert_eq!(methods, [GET_PAYMENT, PAY, GET_SHIPMENT, SHIP, GET_STATUS], "{command}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_sets_the_level_unless_log_level_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("payment.database={}", dir.path().join("p.sqlite3").display());
+    let registry = format!("local://{}", dir.path().join("registry").display());
+    let env = [("RUST_LOG", "info,trellis=debug")];
+    for (flag, debug_lines) in [(None, true), (Some("log.level=info"), false)] {
+        let log = dir.path().join(format!("payment-{debug_lines}.log"));
+        let mut args = vec!["--registry", &registry, "--set", &db];
+        args.extend(flag.iter().flat_map(|f| ["--set", f]));
+        let mut payment = LoggedService::start_with_env("order-payment", "json", &log, &args, &env).await;
+        let mut client =
+            OrderPaymentClient::discover(Registry::from_url(&registry).expect("url")).expect("client");
+        let pay = PayRequest {
+            order_id: "o".to_owned(),
+            amount_minor: 1,
+            currency: "EUR".to_owned(),
+            idempotency_key: "o".to_owned(),
+        };
+        client.pay(pay).await.expect("pay");
+        payment.stop().await;
+        // A successful call's end is logged at DEBUG, with the call's ids.
+        let ok: Vec<_> = payment
+            .json_lines()
+            .into_iter()
+            .filter(|l| l["level"] == "DEBUG" && l["message"] == "call finished" && l["rpc.method"] == PAY)
+            .collect();
+        assert_eq!(
+            ok.len(),
+            usize::from(debug_lines),
+            "RUST_LOG with --set {flag:?}: {:#?}",
+            payment.lines()
+        );
+        assert!(ok.iter().all(|l| l["trace_id"].as_str().is_some_and(|t| is_id(t, 32))), "{ok:?}");
+    }
+}

@@ -171,7 +171,8 @@ pub enum TraceparentError {
     ZeroParentId,
 }
 
-/// The span a piece of work runs in. See the [module docs](self).
+/// The span a piece of work runs in: its trace, its own id, its parent,
+/// the W3C flags and `tracestate`. See [`crate::context`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct TraceContext {
     trace_id: TraceId,

@@ -282,3 +282,74 @@ impl<B: Body> Body for TraceBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::HeaderValue;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Answers with what the handler saw of its context, in headers.
+    fn handler() -> impl Service<
+        Request<()>,
+        Response = Response<http_body_util::Empty<bytes::Bytes>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<http_body_util::Empty<bytes::Bytes>>, Infallible>>,
+    > + Clone {
+        tower::service_fn(|_req: Request<()>| {
+            let ctx = RequestContext::current().expect("the call's context");
+            async move {
+                let trace = ctx.trace().expect("traced").clone();
+                let mut response = Response::new(http_body_util::Empty::new());
+                let headers = response.headers_mut();
+                headers.insert("x-traceparent", trace.traceparent_header());
+                headers.insert("x-parent", trace.parent().map_or(0, |_| 1).into());
+                if let Some(state) = trace.tracestate() {
+                    headers.insert("x-tracestate", state.clone());
+                }
+                if let Some(left) = ctx.remaining() {
+                    headers.insert("x-remaining-ms", u64::try_from(left.as_millis()).unwrap_or(0).into());
+                }
+                headers.insert("grpc-status", HeaderValue::from_static("0"));
+                Ok::<_, Infallible>(response)
+            }
+        })
+    }
+
+    fn request(headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut req = Request::builder().uri("/pkg.S/M");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_handler_runs_in_a_child_of_the_callers_span_with_its_deadline() {
+        let service = TraceLayer::new(false).layer(handler());
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let response = service
+            .clone()
+            .oneshot(request(&[(TRACEPARENT, parent), (TRACESTATE, "a=1"), (GRPC_TIMEOUT, "2S")]))
+            .await
+            .unwrap();
+        let seen = TraceContext::parse_traceparent(response.headers()["x-traceparent"].as_bytes()).unwrap();
+        assert_eq!(seen.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(seen.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(response.headers()["x-parent"], "1");
+        assert_eq!(response.headers()["x-tracestate"], "a=1");
+        let left: u64 = response.headers()["x-remaining-ms"].to_str().unwrap().parse().unwrap();
+        assert!((1_900..=2_000).contains(&left), "{left} ms left");
+
+        let response =
+            service.oneshot(request(&[(TRACEPARENT, "00-xyz"), (TRACESTATE, "a=1")])).await.unwrap();
+        let fresh = TraceContext::parse_traceparent(response.headers()["x-traceparent"].as_bytes()).unwrap();
+        assert_ne!(fresh.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736", "a new trace");
+        assert_eq!(response.headers()["x-parent"], "0");
+        assert!(!response.headers().contains_key("x-tracestate"));
+        assert!(!response.headers().contains_key("x-remaining-ms"), "no deadline sent, none set");
+    }
+}

@@ -42,7 +42,11 @@ pub fn init(config: &LogConfig) -> Result<(), Error> {
             config.level
         ))
     })?;
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // The builder's own ceiling (INFO by default) would hide what `log.level`
+    // asks for below it: the filter alone decides.
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE);
     let _ = match config.format {
         LogFormat::Text => builder.event_format(format::Text).finish().with(filter).try_init(),
         LogFormat::Json => builder

@@ -113,7 +113,10 @@ impl OrderStatus for StatusService {
         let first = self.report(&order_id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let service = self.clone();
-        tokio::spawn(async move {
+        // The polling task carries the call's context, so its calls stay in
+        // the call's trace and within its deadline.
+        let context = trellis::context::RequestContext::current();
+        let poll = async move {
             let mut last = first.clone();
             if tx.send(Ok(first)).await.is_err() {
                 return;
@@ -139,7 +142,11 @@ impl OrderStatus for StatusService {
                     }
                 }
             }
-        });
+        };
+        match context {
+            Some(context) => tokio::spawn(context.scope(poll)),
+            None => tokio::spawn(poll),
+        };
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -44,8 +44,10 @@ pub fn init(config: &LogConfig) -> Result<(), Error> {
     })?;
     // The builder's own ceiling (INFO by default) would hide what `log.level`
     // asks for below it: the filter alone decides.
+    // Colours only for a terminal: a file or a collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(tracing::level_filters::LevelFilter::TRACE);
     let _ = match config.format {
         LogFormat::Text => builder.event_format(format::Text).finish().with(filter).try_init(),

@@ -511,3 +511,75 @@ async fn python_grpcio_calls_over_mutual_tls_and_is_refused_without_a_certificat
     assert_eq!(ok, "OK 0801");
     assert!(refused.starts_with("ERROR UNAVAILABLE"), "{refused}");
 }
+
+/// A `[tls]` section for a service process: its own identity, mutual TLS
+/// with the test CA, and `allow` lines for its own services.
+fn tls_section(files: &Files, name: &str, ca: &Ca, ca_file: &Path, allow: &str) -> PathBuf {
+    let (cert, key) = files.pair(name, &ca.leaf(&["127.0.0.1", &format!("spiffe://test/{name}")], false));
+    let toml = format!(
+        "[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca_file:?}\nca = {ca_file:?}\n{allow}",
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+        ca_file = ca_file.display().to_string(),
+    );
+    files.write(&format!("{name}.toml"), &toml)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_services_call_each_other_over_mutual_tls_from_their_config() {
+    use order_payment::proto::order::payment::v1::{OrderPaymentClient, PayRequest};
+    use order_status::proto::order::status::v1::{GetStatusRequest, OrderState, OrderStatusClient};
+    use trellis_tests::Service;
+
+    let files = Files::new();
+    let ca = Ca::new("mesh CA");
+    let ca_file = files.write("ca.pem", &ca.pem);
+    let url = format!("local://{}", files.0.path().join("registry").display());
+    // Payment takes calls from order-status and the test only.
+    let payment_config = tls_section(
+        &files,
+        "order-payment",
+        &ca,
+        &ca_file,
+        "[tls.allow]\n\"order.payment.v1.OrderPayment\" = [\"spiffe://test/order-status\", \"spiffe://test/tester\"]\n",
+    );
+    let shipping_config = tls_section(&files, "order-shipping", &ca, &ca_file, "");
+    let status_config = tls_section(&files, "order-status", &ca, &ca_file, "");
+    let db = |name: &str, file: &str| format!("{name}.database={}", files.0.path().join(file).display());
+    let config = |path: &PathBuf| path.display().to_string();
+    let _payment = Service::start(
+        "order-payment",
+        &["--registry", &url, "--config", &config(&payment_config), "--set", &db("payment", "p.sqlite3")],
+    )
+    .await;
+    let _shipping = Service::start(
+        "order-shipping",
+        &["--registry", &url, "--config", &config(&shipping_config), "--set", &db("shipping", "s.sqlite3")],
+    )
+    .await;
+    let _status =
+        Service::start("order-status", &["--registry", &url, "--config", &config(&status_config)]).await;
+
+    let registry = Registry::from_url(&url).expect("registry");
+    let tester = files.pair("tester", &ca.leaf(&["spiffe://test/tester"], false));
+    let clients = Clients::new(registry.clone()).with_tls(client_tls(&ca_file, Some(&tester)));
+    let mut payment = OrderPaymentClient::discover(&clients).expect("payment client");
+    let mut status = OrderStatusClient::discover(&clients).expect("status client");
+    let pay = PayRequest {
+        order_id: "o-1".to_owned(),
+        amount_minor: 100,
+        currency: "USD".to_owned(),
+        idempotency_key: "o-1-pay".to_owned(),
+    };
+    payment.pay(pay.clone()).await.expect("pay over mutual TLS");
+    // order-status calls payment and shipping over mutual TLS, as itself.
+    let report = status.get_status(GetStatusRequest { order_id: "o-1".to_owned() }).await.expect("status");
+    assert_eq!(report.into_inner().state(), OrderState::Paid);
+
+    // Another identity of the same CA is not on payment's list.
+    let intruder = files.pair("intruder", &ca.leaf(&["spiffe://test/intruder"], false));
+    let clients = Clients::new(registry).with_tls(client_tls(&ca_file, Some(&intruder)));
+    let denied = OrderPaymentClient::discover(&clients).expect("client").pay(pay).await.expect_err("denied");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("spiffe://test/intruder"), "{}", denied.message());
+}

@@ -63,8 +63,8 @@ pub(crate) fn failure_reason(endpoint: &Endpoint, err: &(dyn std::error::Error +
         return format!("{tls} ({chain})");
     }
     // Under TLS 1.3 a server refuses a client certificate after the
-    // client's side of the handshake is done: the client sees only the
-    // connection close.
+    // client's side of the handshake is done: the client learns it from the
+    // server's alert on its first read, or only from the connection closing.
     const REFUSED: [&str; 5] =
         ["CertificateRequired", "BadCertificate", "UnknownCA", "CertificateUnknown", "AccessDenied"];
     if endpoint.scheme() == Scheme::Https
@@ -77,9 +77,9 @@ pub(crate) fn failure_reason(endpoint: &Endpoint, err: &(dyn std::error::Error +
     }
     if endpoint.scheme() == Scheme::Https && chain.contains("connection closed") {
         return format!(
-            "{chain}: the server closed the TLS connection after the handshake, which is how a server \
-             that requires client certificates refuses a client certificate that is missing or not signed \
-             by a CA in its `tls.client_ca`; set `tls.cert` and `tls.key` to an identity it accepts"
+            "{chain} (if the server requires client certificates, this is how it refuses one that is \
+             missing or not signed by a CA in its `tls.client_ca`: set `tls.cert` and `tls.key` to an \
+             identity it accepts)"
         );
     }
     chain

@@ -91,3 +91,41 @@ pub(crate) fn describe_failure(err: &(dyn StdError + 'static)) -> Option<String>
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_rustls::rustls::{AlertDescription, CertificateError, Error};
+
+    use super::*;
+
+    fn described(err: Error) -> String {
+        // As the connector reports it: a rustls error inside an I/O error.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+        describe_failure(&io).expect("a TLS failure")
+    }
+
+    #[test]
+    fn each_handshake_failure_says_what_to_fix() {
+        let expired = described(Error::InvalidCertificate(CertificateError::Expired));
+        assert!(expired.contains("has expired") && expired.contains("renew"), "{expired}");
+        let unknown = described(Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        assert!(unknown.contains("unknown CA") && unknown.contains("`tls.ca`"), "{unknown}");
+        let mismatch = described(Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected: ServerName::try_from("10.0.0.7").unwrap().to_owned(),
+            presented: vec!["DnsName(\"payments.internal\")".to_owned()],
+        }));
+        assert!(
+            mismatch.contains("`10.0.0.7`")
+                && mismatch.contains("payments.internal")
+                && mismatch.contains("tls.server_name"),
+            "{mismatch}"
+        );
+        let refused = described(Error::AlertReceived(AlertDescription::CertificateRequired));
+        assert!(
+            refused.contains("refused this client's certificate") && refused.contains("`tls.client_ca`"),
+            "{refused}"
+        );
+        assert!(describe_failure(&std::io::Error::other("connection reset")).is_none());
+    }
+}

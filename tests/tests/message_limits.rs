@@ -29,8 +29,7 @@ async fn server(limits: MessageLimits) -> Registry {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_refuses_requests_and_replies_over_its_limits() {
-    let registry =
-        server(MessageLimits { max_decoding_size: 64 * 1024, max_encoding_size: 32 * 1024 }).await;
+    let registry = server(MessageLimits { max_decoding_size: 64 * 1024, max_encoding_size: 32 * 1024 }).await;
     let mut client = EchoClient::discover(&registry).expect("client");
     client.unary(request(20_000)).await.expect("under both limits");
     // Over the decoding limit: refused before the handler runs.

@@ -86,7 +86,7 @@ pub fn gateway_frames<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> Result<Vec<
 #[cfg(feature = "rest")]
 #[derive(Debug)]
 pub struct Gateway {
-    services: Vec<&'static crate::ServiceDescriptor>,
+    layer: crate::gateway::FuzzLayer,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -96,10 +96,10 @@ impl Gateway {
     ///
     /// # Errors
     ///
-    /// When the runtime cannot start.
-    pub fn new(services: &[&'static crate::ServiceDescriptor]) -> std::io::Result<Self> {
+    /// When the services' routes do not load, or the runtime cannot start.
+    pub fn new(services: &[&'static crate::ServiceDescriptor]) -> Result<Self, crate::BoxError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Gateway { services: services.to_vec(), runtime })
+        Ok(Gateway { layer: crate::gateway::fuzz_layer(services)?, runtime })
     }
 
     /// The status, content type and body the gateway answers `request` with.
@@ -111,6 +111,6 @@ impl Gateway {
         &self,
         request: http::Request<tonic::body::Body>,
     ) -> Result<(http::StatusCode, Option<String>, bytes::Bytes), crate::BoxError> {
-        self.runtime.block_on(crate::gateway::fuzz_request(&self.services, request))
+        self.runtime.block_on(crate::gateway::fuzz_request(&self.layer, request))
     }
 }

@@ -64,14 +64,26 @@ mod transcode;
 #[cfg(feature = "rest")]
 pub(crate) use service::layer;
 
-/// One HTTP request through the gateway built for `services`, in front of
+/// The gateway layer, for the fuzz targets.
+#[cfg(all(feature = "fuzzing", feature = "rest"))]
+pub(crate) type FuzzLayer = service::GatewayLayer;
+
+/// The gateway of `services`, built once for many [`fuzz_request`]s.
+#[cfg(all(feature = "fuzzing", feature = "rest"))]
+pub(crate) fn fuzz_layer(
+    services: &[&'static crate::descriptor::ServiceDescriptor],
+) -> Result<service::GatewayLayer, crate::error::Error> {
+    layer(services)
+}
+
+/// One HTTP request through the gateway `layer`, in front of
 /// an echo of the gRPC call it makes (the reply message is the request
 /// message), as the server runs it: what the fuzz target calls. A request
 /// the gateway passes on (not one of its routes) is answered `404` with an
 /// empty body by the echo. The status, the content type and the body.
 #[cfg(all(feature = "fuzzing", feature = "rest"))]
 pub(crate) async fn fuzz_request(
-    services: &[&'static crate::descriptor::ServiceDescriptor],
+    layer: &service::GatewayLayer,
     request: http::Request<tonic::body::Body>,
 ) -> Result<(http::StatusCode, Option<String>, bytes::Bytes), crate::error::BoxError> {
     use http_body_util::BodyExt;
@@ -103,7 +115,7 @@ pub(crate) async fn fuzz_request(
             .body(body)
             .expect("a valid response"))
     });
-    let gateway = layer(services)?.layer(echo);
+    let gateway = layer.layer(echo);
     let response = gateway.oneshot(request).await?;
     let status = response.status();
     let content_type =

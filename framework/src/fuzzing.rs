@@ -79,3 +79,38 @@ pub fn config_toml(text: &str) -> Result<crate::config::Config, crate::Error> {
 pub fn gateway_frames<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> Result<Vec<bytes::Bytes>, String> {
     crate::gateway::fuzz_frames(chunks)
 }
+
+/// The REST gateway of `services` in front of an echo: each call runs one
+/// HTTP request through every step the server takes (route, path variables,
+/// query, JSON body, the gRPC call, the reply back to JSON).
+#[cfg(feature = "rest")]
+#[derive(Debug)]
+pub struct Gateway {
+    layer: crate::gateway::FuzzLayer,
+    runtime: tokio::runtime::Runtime,
+}
+
+#[cfg(feature = "rest")]
+impl Gateway {
+    /// The gateway of `services`.
+    ///
+    /// # Errors
+    ///
+    /// When the services' routes do not load, or the runtime cannot start.
+    pub fn new(services: &[&'static crate::ServiceDescriptor]) -> Result<Self, crate::BoxError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Gateway { layer: crate::gateway::fuzz_layer(services)?, runtime })
+    }
+
+    /// The status, content type and body the gateway answers `request` with.
+    ///
+    /// # Errors
+    ///
+    /// When the gateway (or the echo behind it) fails instead of answering.
+    pub fn call(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<(http::StatusCode, Option<String>, bytes::Bytes), crate::BoxError> {
+        self.runtime.block_on(crate::gateway::fuzz_request(&self.layer, request))
+    }
+}

@@ -72,10 +72,17 @@ async fn up_runs_every_service_of_the_workspace_and_sigint_drains_them_all() {
     .await;
     assert!(ready.is_ok(), "not SERVING within 60 s:\n{}", seen.join("\n"));
     let output = seen.join("\n");
-    // Two each of the three order services and of the bench's echo service.
-    assert!(output.contains("trellis up: 8 of 8 instance(s) SERVING"), "{output}");
-    for label in ["order-payment-1", "order-payment-2", "order-shipping-2", "order-status-2", "bench-echo-1"]
-    {
+    // Two each of the three order services, of the bench's echo service and
+    // of the tests' (which the attack tests flood).
+    assert!(output.contains("trellis up: 10 of 10 instance(s) SERVING"), "{output}");
+    for label in [
+        "order-payment-1",
+        "order-payment-2",
+        "order-shipping-2",
+        "order-status-2",
+        "bench-echo-1",
+        "echo-service-2",
+    ] {
         assert!(
             output.lines().any(|l| l.starts_with(label) && l.contains("| ")),
             "{label}'s logs are prefixed:\n{output}"
@@ -114,7 +121,7 @@ async fn up_runs_every_service_of_the_workspace_and_sigint_drains_them_all() {
         .lines()
         .filter_map(|l| l.strip_prefix("trellis up: ")?.strip_suffix(" stopped cleanly"))
         .collect();
-    assert_eq!(stopped.len(), 8, "every instance stopped cleanly:\n{output}");
+    assert_eq!(stopped.len(), 10, "every instance stopped cleanly:\n{output}");
     assert!(output.contains("draining in-flight calls"), "they drained:\n{output}");
     for service in SERVICES {
         let endpoints = registry.resolve(service).await.unwrap().endpoints();

@@ -69,6 +69,66 @@ mod transcode;
 #[cfg(feature = "rest")]
 pub(crate) use service::layer;
 
+/// The gateway layer, for the fuzz targets.
+#[cfg(all(feature = "fuzzing", feature = "rest"))]
+pub(crate) type FuzzLayer = service::GatewayLayer;
+
+/// The gateway of `services`, built once for many [`fuzz_request`]s.
+#[cfg(all(feature = "fuzzing", feature = "rest"))]
+pub(crate) fn fuzz_layer(
+    services: &[&'static crate::descriptor::ServiceDescriptor],
+) -> Result<service::GatewayLayer, crate::error::Error> {
+    layer(services)
+}
+
+/// One HTTP request through the gateway `layer`, in front of
+/// an echo of the gRPC call it makes (the reply message is the request
+/// message), as the server runs it: what the fuzz target calls. A request
+/// the gateway passes on (not one of its routes) is answered `404` with an
+/// empty body by the echo. The status, the content type and the body.
+#[cfg(all(feature = "fuzzing", feature = "rest"))]
+pub(crate) async fn fuzz_request(
+    layer: &service::GatewayLayer,
+    request: http::Request<tonic::body::Body>,
+) -> Result<(http::StatusCode, Option<String>, bytes::Bytes), crate::error::BoxError> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use tower_layer::Layer;
+
+    let echo = tower::service_fn(|request: http::Request<tonic::body::Body>| async move {
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let body = request.into_body().collect().await?.to_bytes();
+        if !grpc {
+            let response = http::Response::builder().status(http::StatusCode::NOT_FOUND);
+            return Ok::<_, tonic::Status>(
+                response.body(tonic::body::Body::empty()).expect("a valid response"),
+            );
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = [
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let body =
+            tonic::body::Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)));
+        Ok(http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(body)
+            .expect("a valid response"))
+    });
+    let gateway = layer.layer(echo);
+    let response = gateway.oneshot(request).await?;
+    let status = response.status();
+    let content_type =
+        response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, content_type, body))
+}
+
 /// The gRPC frames of a response body arriving in `chunks`, as the gateway
 /// reads them: what the fuzz target reads.
 #[cfg(all(feature = "fuzzing", feature = "rest"))]

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::client::Clients;
 use crate::config::{Config, Layers, Unknown};
 use crate::error::{BoxError, Error, error_chain};
+use crate::metrics::Metrics;
 use crate::registry::{Metadata, Registry};
 use crate::server::{Server, ServerBuilder};
 use crate::telemetry::LogFormat;
@@ -157,6 +158,12 @@ impl App {
                     .help("Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:0]"),
             )
             .arg(
+                Arg::new("admin-listen")
+                    .long("admin-listen")
+                    .value_name("ADDR")
+                    .help("Serve /metrics, /healthz, /readyz and the status page on HOST:PORT, apart from the gRPC port [default: off]"),
+            )
+            .arg(
                 Arg::new("config")
                     .long("config")
                     .value_name("FILE")
@@ -201,6 +208,7 @@ pub struct Context {
     layers: Layers,
     clients: Clients,
     sections: Arc<Sections>,
+    metrics: Metrics,
 }
 
 /// The unknown top-level sections of the configuration, and the sections the
@@ -249,6 +257,9 @@ impl Context {
                 flags.push((key.to_owned(), value.clone()));
             }
         }
+        if let Some(value) = matches.get_one::<String>("admin-listen") {
+            flags.push(("admin.listen".to_owned(), value.clone()));
+        }
         if let Some(format) = matches.get_one::<LogFormat>("log-format") {
             let format = match format {
                 LogFormat::Text => "text",
@@ -260,13 +271,15 @@ impl Context {
         let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
         let config = layers.config()?;
         let registry = Registry::from_url(&config.registry)?;
-        let clients = Clients::new(registry).with_configs(config.clients.clone());
+        let metrics = Metrics::new(name, version);
+        let clients =
+            Clients::new(registry).with_configs(config.clients.clone()).with_metrics(metrics.clone());
         let own = sections.unwrap_or_default();
         let sections = Arc::new(Sections {
             unknown: layers.unknown(own)?,
             named: Mutex::new(own.iter().map(|s| (*s).to_owned()).collect()),
         });
-        Ok(Context { name, version, config, layers, clients, sections })
+        Ok(Context { name, version, config, layers, clients, sections, metrics })
     }
 
     /// The application's name.
@@ -308,6 +321,12 @@ impl Context {
         &self.clients
     }
 
+    /// The process's metrics, which the server and every channel made from
+    /// this context count into, and the admin listener serves.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A server builder set up from the configuration.
     ///
     /// Its [`bind`](ServerBuilder::bind) and [`serve`](ServerBuilder::serve)
@@ -336,6 +355,10 @@ impl Context {
             });
         if let Some(advertise) = &self.config.advertise {
             server = server.advertise(advertise.clone());
+        }
+        server = server.metrics(self.metrics.clone());
+        if let Some(admin) = self.config.admin.listen {
+            server = server.admin_listen(admin);
         }
         server
     }

@@ -45,6 +45,7 @@
 //! - `eureka` (off by default): the `eureka://` [registry] backend, through
 //!   a Eureka server's REST API.
 
+pub mod admin;
 pub mod app;
 pub mod client;
 pub mod codegen;
@@ -54,6 +55,7 @@ mod descriptor;
 mod duration;
 mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -6,6 +6,8 @@
 //! ([`ChannelBuilder::build`]) in this order:
 //!
 //! ```text
+//! metrics           duration per method and final code, calls failed before
+//!                   sending; the channel on the status page       (metrics.rs)
 //! [your layers]     ChannelBuilder::layer: around the whole call
 //! deadline          the call's own timeout, else the method's, shortened to the
 //!                   inbound call's remaining deadline; refused if already passed;
@@ -50,6 +52,7 @@ mod config;
 mod deadline;
 mod endpoint;
 mod method;
+mod metrics;
 mod retry;
 mod stats;
 #[cfg(test)]
@@ -71,29 +74,35 @@ pub use self::breaker::{BreakerFuture, BreakerLayer, BreakerService};
 pub use self::config::{ClientConfig, Clients, MethodConfig};
 pub use self::deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineService};
 pub use self::endpoint::{EndpointFuture, EndpointLayer, EndpointService, EndpointState, OutlierLimit};
+pub use self::metrics::{CallBody, ClientMetricsFuture, ClientMetricsLayer, ClientMetricsService};
 pub use self::retry::{RetryFuture, RetryLayer, RetryService};
 pub use self::stats::ChannelStats;
 pub use crate::error::{CallError, NotRetried};
 pub use crate::protocol::DEFAULT_TIMEOUT;
 
 use self::method::PerMethod;
+use self::metrics::{ServiceMetrics, View};
 use self::retry::RetryPolicy;
 use self::stats::Counters;
 use crate::descriptor::{ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error, into_status};
+use crate::metrics::ChannelView;
 use crate::registry::Endpoint;
 
 /// A whole call or one attempt, type-erased once where your layers are.
 pub type BoxCallService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// The stack without layers of your own: no boxing between the layers.
-type Plain = DeadlineService<BreakerService<RetryService<Balancer>>>;
+type Plain = ClientMetricsService<DeadlineService<BreakerService<RetryService<Balancer>>>>;
+
+/// The stack with layers of your own, type-erased once where they are.
+type Layered = ClientMetricsService<BoxCallService>;
 
 /// The stack as built.
 #[derive(Clone)]
 enum Stack {
     Plain(Plain),
-    Layered(BoxCallService),
+    Layered(Layered),
 }
 
 /// A channel to the instances of one service. Cheap to clone; clones share
@@ -105,6 +114,8 @@ pub struct Channel {
     balancer: Balancer,
     counters: Arc<Counters>,
     stack: Stack,
+    /// What the status page reads; listed there while the channel lives.
+    _view: Arc<dyn ChannelView>,
 }
 
 impl fmt::Debug for Channel {
@@ -260,7 +271,10 @@ impl ChannelBuilder {
         let ChannelBuilder { clients, service, balance, outer, attempt } = self;
         let config = clients.config(service.name());
         let settings = MethodSettings::of(service, &config);
-        let counters = Arc::new(Counters::default());
+        let service_metrics = clients
+            .metrics()
+            .map_or_else(ServiceMetrics::default, |metrics| ServiceMetrics::new(metrics, service.name()));
+        let counters = Arc::new(Counters::new(service_metrics));
         let balance = config.balance.or(balance).unwrap_or_default();
         let registry = clients.registry();
 
@@ -277,16 +291,26 @@ impl ChannelBuilder {
             PerMethod::new(settings.iter().map(|(path, s)| (*path, s.retry)), RetryPolicy::UNKNOWN),
             counters.clone(),
         );
+        let metrics = ClientMetricsLayer::new(service, counters.clone());
+        let view: Arc<dyn ChannelView> = Arc::new(View {
+            snapshot: {
+                let (balancer, breaker) = (balancer.clone(), breaker.clone());
+                move || balancer.snapshot(breaker.snapshot())
+            },
+        });
+        counters.metrics.publish(Arc::downgrade(&view));
         let stack = match (outer, attempt) {
-            (None, None) => Stack::Plain(deadline.layer(breaker.layer(retry.layer(balancer.clone())))),
+            (None, None) => {
+                Stack::Plain(metrics.layer(deadline.layer(breaker.layer(retry.layer(balancer.clone())))))
+            }
             (outer, attempt) => {
                 let attempts = BoxCloneSyncService::new(balancer.clone());
                 let attempts = attempt.map_or(attempts.clone(), |layer| layer(attempts));
                 let call = BoxCloneSyncService::new(deadline.layer(breaker.layer(retry.layer(attempts))));
-                Stack::Layered(outer.map_or(call.clone(), |layer| layer(call)))
+                Stack::Layered(metrics.layer(outer.map_or(call.clone(), |layer| layer(call))))
             }
         };
-        Ok(Channel { service, registry: registry.url().into(), balancer, counters, stack })
+        Ok(Channel { service, registry: registry.url().into(), balancer, counters, stack, _view: view })
     }
 }
 
@@ -322,7 +346,7 @@ impl MethodSettings {
 }
 
 impl Service<Request<Body>> for Channel {
-    type Response = Response<Body>;
+    type Response = Response<CallBody<Body>>;
     type Error = tonic::Status;
     type Future = ChannelFuture;
 
@@ -355,7 +379,7 @@ pin_project_lite::pin_project! {
         /// Through the built-in layers.
         Plain { #[pin] inner: <Plain as Service<Request<Body>>>::Future },
         /// Through layers of your own.
-        Layered { #[pin] inner: <BoxCallService as Service<Request<Body>>>::Future },
+        Layered { #[pin] inner: <Layered as Service<Request<Body>>>::Future },
     }
 }
 
@@ -366,7 +390,7 @@ impl std::fmt::Debug for ChannelFuture {
 }
 
 impl Future for ChannelFuture {
-    type Output = Result<Response<Body>, tonic::Status>;
+    type Output = Result<Response<CallBody<Body>>, tonic::Status>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {

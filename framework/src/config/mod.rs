@@ -18,6 +18,7 @@
 //! | `clients."SERVICE".balance` | `peak_ewma` | `[clients."pkg.Svc"] balance = "round_robin"` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.timeout` | 10 s | `timeout = "500ms"` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.max_attempts` | 3 | `max_attempts = 1` | file only | file only |
+//! | `admin.listen` | off | `[admin] listen = "127.0.0.1:9090"` | `TRELLIS_ADMIN__LISTEN` | `--admin-listen` |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
 //! | `faults.unavailable` | `false` | `[faults] unavailable = true` | `TRELLIS_FAULTS__UNAVAILABLE` | `--set` |
 //!
@@ -70,6 +71,7 @@ use figment::value::{Tag, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminConfig;
 use crate::client::ClientConfig;
 use crate::error::Error;
 use crate::server::{FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
@@ -105,6 +107,8 @@ pub struct Config {
     pub clients: BTreeMap<String, ClientConfig>,
     /// Injected faults, for chaos tests.
     pub faults: FaultsConfig,
+    /// The admin listener: metrics, health, readiness, status page.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -119,6 +123,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             clients: BTreeMap::new(),
             faults: FaultsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -126,8 +131,18 @@ impl Default for Config {
 impl Config {
     /// The top-level keys the runtime reads itself. Any other top-level key
     /// must be a service's own section.
-    pub const KEYS: &'static [&'static str] =
-        &["listen", "registry", "advertise", "instance", "log", "shutdown", "server", "clients", "faults"];
+    pub const KEYS: &'static [&'static str] = &[
+        "listen",
+        "registry",
+        "advertise",
+        "instance",
+        "log",
+        "shutdown",
+        "server",
+        "clients",
+        "faults",
+        "admin",
+    ];
 }
 
 /// Checks the configuration file at `path` alone (no environment, no flags):
@@ -245,6 +260,7 @@ impl Layers {
         check(self.check::<ServerConfig>("server"));
         check(self.check::<BTreeMap<String, ClientConfig>>("clients"));
         check(self.check::<FaultsConfig>("faults"));
+        check(self.check::<AdminConfig>("admin"));
         Ok(problems)
     }
 
@@ -561,7 +577,7 @@ mod tests {
 
         let err = message(Layers::load(Some(&path), Vec::new(), Some(&["status"])).unwrap_err());
         assert!(err.starts_with("`payment` (from file"), "{err}");
-        assert!(err.ends_with("unknown section; expected one of `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`"), "{err}");
+        assert!(err.ends_with("unknown section; expected one of `admin`, `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`"), "{err}");
     }
 
     #[test]

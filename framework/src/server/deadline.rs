@@ -54,7 +54,9 @@ where
                 "{}: the call arrived after its deadline; not run",
                 req.uri().path()
             ));
-            return DeadlineFuture::Expired { response: Some(status.into_http()) };
+            let mut response = status.into_http();
+            response.extensions_mut().insert(super::metrics::Refused::Expired);
+            return DeadlineFuture::Expired { response: Some(response) };
         }
         let ctx = RequestContext::new(timeout.map(|t| Instant::now() + t));
         // Both the service's `call` and its future see the context.

@@ -43,6 +43,7 @@ mod deadline;
 mod drain;
 mod faults;
 mod limit;
+pub(crate) mod metrics;
 mod trace;
 
 pub use config::{DEFAULT_MAX_CONCURRENT_CALLS, FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
@@ -67,8 +68,10 @@ use tower::util::{BoxCloneSyncService, Either, MapErrLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::admin::AdminServer;
 use crate::descriptor::{DescribedService, ServiceDescriptor};
 use crate::error::{BoxError, Error};
+use crate::metrics::{Metrics, ServerInfo, ServerState};
 use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
 use crate::transport::Listener;
@@ -104,6 +107,8 @@ impl Server {
             signal: None,
             layer: None,
             config_check: None,
+            metrics: None,
+            admin: None,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct ServerBuilder {
     signal: Option<ShutdownSignal>,
     layer: Option<ServerLayerFn>,
     config_check: Option<Box<dyn FnOnce() -> Result<(), Error> + Send + Sync>>,
+    metrics: Option<Metrics>,
+    admin: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -188,6 +195,20 @@ impl ServerBuilder {
     /// The version, zone and weight to register.
     pub fn metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// Counts calls into `metrics` (by default, metrics of the server's
+    /// own), which the admin listener serves.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/readyz` and the status page on
+    /// `addr`, apart from the gRPC port (see [`crate::admin`]).
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
         self
     }
 
@@ -267,7 +288,13 @@ impl ServerBuilder {
             check()?;
         }
         let listener = Listener::bind(self.listen).await?;
-        Ok(BoundServer { builder: self, listener })
+        let metrics =
+            self.metrics.take().unwrap_or_else(|| Metrics::new("trellis-server", env!("CARGO_PKG_VERSION")));
+        let admin = match self.admin {
+            Some(addr) => Some(AdminServer::bind(addr, metrics.clone()).await?),
+            None => None,
+        };
+        Ok(BoundServer { builder: self, listener, metrics, admin })
     }
 
     /// Binds and serves until the shutdown signal, then shuts down gracefully.
@@ -285,12 +312,24 @@ impl ServerBuilder {
 pub struct BoundServer {
     builder: ServerBuilder,
     listener: Listener,
+    metrics: Metrics,
+    admin: Option<AdminServer>,
 }
 
 impl BoundServer {
     /// The address the server listens on, with the real port when 0 was asked.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// The address of the admin listener, if one was asked for.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// The metrics the server counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Serves until the shutdown signal, then shuts down gracefully (see the
@@ -300,7 +339,8 @@ impl BoundServer {
     ///
     /// When the server fails while serving.
     pub async fn serve(self) -> Result<(), Error> {
-        let BoundServer { builder, listener } = self;
+        let BoundServer { builder, listener, metrics, admin: _admin } = self;
+        let board = metrics.board();
         let local_addr = listener.local_addr();
         let ServerBuilder {
             shutdown,
@@ -330,6 +370,7 @@ impl BoundServer {
             // REST/JSON transcoding (framework/src/gateway), outermost: its calls take every layer below.
             .layer(crate::gateway::layer(&services)?)
             .layer(trace::TraceLayer)
+            .layer(metrics::MetricsLayer::new(&metrics, &services))
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)
@@ -355,7 +396,14 @@ impl BoundServer {
         tokio::pin!(server);
 
         set_status(&health, &services, ServingStatus::Serving).await;
-        let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
+        let names: Vec<&'static str> = services.iter().map(|s| s.name()).collect();
+        board.set_server(ServerInfo {
+            listen: local_addr.to_string(),
+            services: names.clone(),
+            registry: registry.as_ref().map(|r| r.url().to_owned()),
+            endpoint: endpoint.to_string(),
+            registered: false,
+        });
         tracing::info!(addr = %local_addr, services = ?names, "listening");
 
         let mut leases = Vec::new();
@@ -365,12 +413,19 @@ impl BoundServer {
                 leases.push(registry.register(instance).await?);
             }
             tracing::info!(registry = registry.url(), %endpoint, "registered");
+            board.set_registered(true);
         }
+        board.set_state(ServerState::Serving);
 
         tokio::select! {
-            result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
+            result = &mut server => {
+                board.set_state(ServerState::Stopped);
+                return result.map_err(|e| Error::Serve(e.into()));
+            }
             () = signal => {}
         }
+        // Not ready from now on, before anything else changes.
+        board.set_state(ServerState::ShuttingDown);
 
         tracing::info!(
             propagation_delay = ?shutdown.propagation_delay,
@@ -379,12 +434,17 @@ impl BoundServer {
         );
         set_status(&health, &services, ServingStatus::NotServing).await;
         deregister(leases).await;
+        board.set_registered(false);
         tokio::select! {
-            result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
+            result = &mut server => {
+                board.set_state(ServerState::Stopped);
+                return result.map_err(|e| Error::Serve(e.into()));
+            }
             () = tokio::time::sleep(shutdown.propagation_delay) => {}
         }
 
         tracing::info!("draining in-flight calls");
+        board.set_state(ServerState::Draining);
         drain.cancel();
         match tokio::time::timeout(shutdown.drain_timeout, server).await {
             Ok(result) => result.map_err(|e| Error::Serve(e.into()))?,
@@ -393,6 +453,7 @@ impl BoundServer {
                 "drain timed out; closing the remaining connections",
             ),
         }
+        board.set_state(ServerState::Stopped);
         tracing::info!("stopped");
         Ok(())
     }

@@ -47,6 +47,7 @@ use super::balance::hash_field;
 use super::balance::{HashKey, Tried};
 use super::deadline::Deadline;
 use super::method::PerMethod;
+use super::metrics::{Attempt, NotSent};
 use super::stats::Counters;
 use crate::descriptor::HashKeyField;
 use crate::error::{BoxError, CallError, NotRetried};
@@ -172,6 +173,7 @@ where
         let policy = *self.shared.policies.get(req.uri().path());
         self.shared.budget.deposit();
         if !policy.keeps_body() {
+            self.shared.counters.metrics.attempt(Attempt::First);
             return RetryFuture { kind: Kind::Once { inner: self.inner.call(req) } };
         }
         // The ready service answers this call; a clone serves the next.
@@ -263,12 +265,18 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
+        shared.counters.metrics.attempt(if attempt == 1 { Attempt::First } else { Attempt::Retry });
         let err = match inner.ready().await.map_err(Into::into)?.call(kept.attempt()).await {
             Ok(response) => return Ok(response),
             Err(err) => err.into(),
         };
         let Some(failure) = err.downcast_ref::<CallError>() else { return Err(err) };
         if attempt >= policy.max_attempts {
+            if policy.max_attempts > 1
+                && policy::retry_after(failure, policy.retry_safe, attempt, &mut rng).is_some()
+            {
+                shared.counters.metrics.not_retried(NotSent::AttemptLimit);
+            }
             return Err(err);
         }
         let Some(backoff) = policy::retry_after(failure, policy.retry_safe, attempt, &mut rng) else {
@@ -277,9 +285,11 @@ where
         let not_retried = |reason| CallError::NotRetried { last: Box::new(failure.clone()), reason }.into();
         if !shared.budget.withdraw() {
             Counters::bump(&shared.counters.retries_over_budget);
+            shared.counters.metrics.not_retried(NotSent::Budget);
             return Err(not_retried(NotRetried::BudgetSpent));
         }
         if deadline.is_some_and(|d| Instant::now() + backoff >= d.at) {
+            shared.counters.metrics.not_retried(NotSent::NoTimeLeft);
             return Err(not_retried(NotRetried::NoTimeLeft));
         }
         Counters::bump(&shared.counters.retries);

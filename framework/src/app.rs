@@ -43,6 +43,7 @@ use crate::telemetry::LogFormat;
 /// --config FILE          a TOML file of settings
 /// --registry URL         where services register and find each other
 /// --log-format FORMAT    text or json
+/// --admin-listen ADDR    serve /metrics, /healthz, /readyz and the status page there
 /// -s, --set KEY=VALUE    any setting, such as shutdown.drain_timeout=30s
 /// -h, --help / -V, --version
 /// ```
@@ -53,13 +54,14 @@ pub struct App {
     version: &'static str,
     about: Option<&'static str>,
     sections: Option<&'static [&'static str]>,
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl App {
     /// An application called `name` at `version` (pass
     /// `env!("CARGO_PKG_NAME")` and `env!("CARGO_PKG_VERSION")`).
     pub fn new(name: &'static str, version: &'static str) -> Self {
-        App { name, version, about: None, sections: None }
+        App { name, version, about: None, sections: None, admin: None }
     }
 
     /// One line for `--help`.
@@ -76,6 +78,13 @@ impl App {
     /// serving (see [`config`](crate::config#misspelt-keys)).
     pub fn sections(mut self, sections: &'static [&'static str]) -> Self {
         self.sections = Some(sections);
+        self
+    }
+
+    /// Turns the admin listener on at `addr` when the configuration does not
+    /// say where (`admin.listen`, `--admin-listen`); it is off otherwise.
+    pub fn admin_listen_by_default(mut self, addr: std::net::SocketAddr) -> Self {
+        self.admin = Some(addr);
         self
     }
 
@@ -109,7 +118,10 @@ impl App {
             }
         };
         let ctx = match Context::from_matches(self.name, self.version, &matches, self.sections) {
-            Ok(ctx) => ctx,
+            Ok(mut ctx) => {
+                ctx.config.admin.listen = ctx.config.admin.listen.or(self.admin);
+                ctx
+            }
             Err(err) => {
                 eprintln!("{}: error: {err}", self.name);
                 return ExitCode::from(2);

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 pub mod fakes;
 pub mod registries;
+pub mod scrape;
 
 /// The generated code of the test protos.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -93,7 +93,7 @@ impl EndpointHealth {
 }
 
 /// A method's circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum BreakerState {
     Closed,
@@ -201,7 +201,8 @@ impl Board {
         channels.push(view);
     }
 
-    /// Every live channel now, one per target service (the first built).
+    /// Every live channel now, one per target service: the endpoints of the
+    /// first built, each method's breaker the least closed of all.
     pub(crate) fn channels(&self) -> Vec<ChannelSnapshot> {
         let views: Vec<Arc<dyn ChannelView>> = self
             .channels
@@ -213,8 +214,15 @@ impl Board {
         let mut snapshots: Vec<ChannelSnapshot> = Vec::new();
         for view in views {
             let snapshot = view.snapshot();
-            if !snapshots.iter().any(|s| s.service == snapshot.service) {
-                snapshots.push(snapshot);
+            match snapshots.iter_mut().find(|s| s.service == snapshot.service) {
+                Some(first) => {
+                    for breaker in snapshot.breakers {
+                        if let Some(known) = first.breakers.iter_mut().find(|b| b.method == breaker.method) {
+                            known.state = known.state.max(breaker.state);
+                        }
+                    }
+                }
+                None => snapshots.push(snapshot),
             }
         }
         snapshots

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use trellis::Registry;
 use trellis_tests::Whoami;
+use trellis_tests::proto::trellis::test::nested::deep::v1::Depth;
 use trellis_tests::proto::trellis::test::nested::deep::v1::deep_client::DeepClient as RawDeepClient;
 use trellis_tests::proto::trellis::test::nested::deep::v1::deep_server::DeepServer;
-use trellis_tests::proto::trellis::test::nested::deep::v1::Depth;
 use trellis_tests::registries::free_port;
 use trellis_tests::scrape::get;
 
@@ -64,7 +64,8 @@ async fn readyz_fails_from_the_start_of_shutdown_while_calls_are_still_accepted(
     assert_eq!(wait_for(admin, "/readyz", 200, Duration::from_secs(10)).await, "ready\n");
 
     let status: serde_json::Value =
-        serde_json::from_str(&wait_for(admin, "/status.json", 200, Duration::from_secs(1)).await).expect("json");
+        serde_json::from_str(&wait_for(admin, "/status.json", 200, Duration::from_secs(1)).await)
+            .expect("json");
     assert_eq!(status["state"], "serving", "{status}");
     assert_eq!(status["ready"], true);
     assert_eq!(status["server"]["registered"], true, "{status}");
@@ -90,13 +91,18 @@ async fn readyz_fails_from_the_start_of_shutdown_while_calls_are_still_accepted(
     assert_eq!(call(addr).await, Ok(7), "a call right after /readyz failed");
     assert!(asked.elapsed() < Duration::from_millis(1500), "still inside the propagation delay");
     let status: serde_json::Value =
-        serde_json::from_str(&wait_for(admin, "/status.json", 200, Duration::from_secs(1)).await).expect("json");
+        serde_json::from_str(&wait_for(admin, "/status.json", 200, Duration::from_secs(1)).await)
+            .expect("json");
     assert_eq!(status["server"]["registered"], false, "deregistered: {status}");
     assert_eq!(get(admin, "/healthz").await.map(|(s, _)| s), Some(200), "still alive");
 
     // Then it drains, stops accepting, and stops.
     wait_for(admin, "/readyz", 503, Duration::from_secs(3)).await;
-    tokio::time::timeout(Duration::from_secs(6), serving).await.expect("stops").expect("task").expect("serve");
+    tokio::time::timeout(Duration::from_secs(6), serving)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("serve");
     assert!(call(addr).await.is_err(), "no longer accepting");
     assert!(flipped < Duration::from_millis(500), "/readyz flipped after {flipped:?}");
 }

@@ -82,7 +82,7 @@ async fn each_counter_moves_by_exactly_the_calls_made() {
         ..ClientConfig::default()
     };
     let mut fragile = DeepClient::discover(
-        &Clients::new(registry).with_config(SERVICE, no_retries).with_metrics(client_metrics),
+        Clients::new(registry).with_config(SERVICE, no_retries).with_metrics(client_metrics),
     )
     .expect("client");
 

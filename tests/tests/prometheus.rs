@@ -20,7 +20,10 @@ const ORDERS: u64 = 12;
 
 /// Debian's Prometheus server.
 fn prometheus_bin() -> PathBuf {
-    let found = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].into_iter().map(PathBuf::from).find(|p| p.is_file());
+    let found = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
     found.unwrap_or_else(|| {
         panic!("prometheus is missing: ./scripts/test installs it (Debian: apt-get install prometheus)")
     })
@@ -36,9 +39,12 @@ struct Prometheus {
 impl Prometheus {
     async fn start(jobs: &[(&str, SocketAddr)]) -> Prometheus {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n");
+        let mut config =
+            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n");
         for (job, addr) in jobs {
-            config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"));
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
+            ));
         }
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write the scrape config");
@@ -68,7 +74,9 @@ impl Prometheus {
         let encoded: String = promql
             .bytes()
             .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
                 _ => format!("%{b:02X}"),
             })
             .collect();
@@ -88,7 +96,10 @@ impl Prometheus {
             if value == Some(expected) {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "{promql} is {value:?}, not {expected}, after 30 s");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{promql} is {value:?}, not {expected}, after 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -105,14 +116,17 @@ async fn prometheus_scrapes_the_order_services_and_counts_every_call() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("local://{}", dir.path().join("registry").display());
     let admin = |_: &str| SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (payment_admin, shipping_admin, status_admin) = (admin("payment"), admin("shipping"), admin("status"));
+    let (payment_admin, shipping_admin, status_admin) =
+        (admin("payment"), admin("shipping"), admin("status"));
     let payment_db = format!("payment.database={}", dir.path().join("p.sqlite3").display());
     let shipping_db = format!("shipping.database={}", dir.path().join("s.sqlite3").display());
     let (pa, sa, ta) = (payment_admin.to_string(), shipping_admin.to_string(), status_admin.to_string());
     let _payment =
-        Service::start("order-payment", &["--registry", &url, "--set", &payment_db, "--admin-listen", &pa]).await;
+        Service::start("order-payment", &["--registry", &url, "--set", &payment_db, "--admin-listen", &pa])
+            .await;
     let _shipping =
-        Service::start("order-shipping", &["--registry", &url, "--set", &shipping_db, "--admin-listen", &sa]).await;
+        Service::start("order-shipping", &["--registry", &url, "--set", &shipping_db, "--admin-listen", &sa])
+            .await;
     let _status = Service::start("order-status", &["--registry", &url, "--admin-listen", &ta]).await;
     let prometheus = Prometheus::start(&[
         ("order-payment", payment_admin),
@@ -141,7 +155,11 @@ async fn prometheus_scrapes_the_order_services_and_counts_every_call() {
             country: "GB".to_owned(),
             ..Address::default()
         };
-        let ship = ShipRequest { order_id: id.clone(), address: Some(address), idempotency_key: format!("{id}-ship") };
+        let ship = ShipRequest {
+            order_id: id.clone(),
+            address: Some(address),
+            idempotency_key: format!("{id}-ship"),
+        };
         shipping.ship(ship).await.expect("ship");
         let report = status.get_status(GetStatusRequest { order_id: id }).await.expect("status").into_inner();
         assert_eq!(report.state(), OrderState::Shipped);
@@ -168,13 +186,17 @@ async fn prometheus_scrapes_the_order_services_and_counts_every_call() {
     prometheus
         .eventually(r#"sum(trellis_client_attempts_total{job="order-status",kind="first"})"#, 2.0 * n)
         .await;
-    prometheus.eventually(r#"sum(trellis_client_attempts_total{job="order-status",kind="retry"})"#, 0.0).await;
+    prometheus
+        .eventually(r#"sum(trellis_client_attempts_total{job="order-status",kind="retry"})"#, 0.0)
+        .await;
     prometheus.eventually(r#"count(up{job=~"order-.*"} == 1)"#, 3.0).await;
     prometheus.eventually(r#"sum(trellis_server_ready{job=~"order-.*"})"#, 3.0).await;
     prometheus
         .eventually(r#"sum(trellis_client_endpoints{job="order-status",state=~"ready|connecting"})"#, 2.0)
         .await;
-    prometheus.eventually(r#"count(trellis_build_info{job="order-payment",service="order-payment"})"#, 1.0).await;
+    prometheus
+        .eventually(r#"count(trellis_build_info{job="order-payment",service="order-payment"})"#, 1.0)
+        .await;
     // Every call was quick: none above the 5 s bucket.
     let slow = r#"sum(rpc_server_call_duration_seconds_count{job="order-status"}) - sum(rpc_server_call_duration_seconds_bucket{job="order-status",le=~"5(\\.0)?"})"#;
     prometheus.eventually(slow, 0.0).await;

@@ -19,8 +19,12 @@
 //! what the server and channels published (`metrics::Board`), never
 //! their locks on the call path.
 
+mod history;
+
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -30,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use self::history::{History, Series};
 use crate::error::Error;
 use crate::metrics::{ChannelSnapshot, Metrics, ServerInfo, ServerState};
 use crate::registry::AbortOnDrop;
@@ -54,7 +59,7 @@ pub struct AdminConfig {
 #[derive(Debug)]
 pub struct AdminServer {
     local_addr: SocketAddr,
-    _task: AbortOnDrop,
+    _tasks: [AbortOnDrop; 2],
 }
 
 impl AdminServer {
@@ -72,9 +77,11 @@ impl AdminServer {
         };
         let listener = TcpListener::bind(addr).await.map_err(cannot)?;
         let local_addr = listener.local_addr().map_err(cannot)?;
-        let task = tokio::spawn(accept(listener, metrics));
+        let history = Arc::new(History::default());
+        let sampler = tokio::spawn(sample(metrics.clone(), Arc::clone(&history)));
+        let task = tokio::spawn(accept(listener, Page { metrics, history }));
         tracing::info!(admin = %local_addr, "admin listener: /metrics /healthz /readyz /status");
-        Ok(AdminServer { local_addr, _task: AbortOnDrop(task) })
+        Ok(AdminServer { local_addr, _tasks: [AbortOnDrop(task), AbortOnDrop(sampler)] })
     }
 
     /// The address it listens on.
@@ -83,7 +90,24 @@ impl AdminServer {
     }
 }
 
-async fn accept(listener: TcpListener, metrics: Metrics) {
+/// What a request reads.
+#[derive(Debug, Clone)]
+struct Page {
+    metrics: Metrics,
+    history: Arc<History>,
+}
+
+/// Samples every endpoint once a second, for the charts.
+async fn sample(metrics: Metrics, history: Arc<History>) {
+    let mut tick = tokio::time::interval(history::EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        history.record(&metrics.board().channels(), std::time::Instant::now());
+    }
+}
+
+async fn accept(listener: TcpListener, page: Page) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -93,11 +117,11 @@ async fn accept(listener: TcpListener, metrics: Metrics) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let page = page.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
+                let page = page.clone();
+                async move { Ok::<_, Infallible>(respond(&page, &req)) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -120,10 +144,19 @@ struct Status {
     ready: bool,
     uptime_seconds: f64,
     server: Option<ServerInfo>,
-    clients: Vec<ChannelSnapshot>,
+    clients: Vec<ClientStatus>,
 }
 
-fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// A channel now, and its endpoints' last minute.
+#[derive(Debug, Serialize)]
+struct ClientStatus {
+    #[serde(flatten)]
+    channel: ChannelSnapshot,
+    history: BTreeMap<String, Series>,
+}
+
+fn respond(page: &Page, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let metrics = &page.metrics;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned());
     }
@@ -151,7 +184,11 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 ready: state == ServerState::Serving,
                 uptime_seconds: metrics.uptime().as_secs_f64(),
                 server: board.server(),
-                clients: board.channels(),
+                clients: board
+                    .channels()
+                    .into_iter()
+                    .map(|channel| ClientStatus { history: page.history.of(channel.service), channel })
+                    .collect(),
             };
             let body = serde_json::to_string(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             reply(StatusCode::OK, "application/json", body)

@@ -183,7 +183,7 @@ async fn spawn(dir: &Path, service: &'static str, index: u16, args: &[&str]) -> 
         while let Ok(Some(line)) = lines.next_line().await {
             if addr_tx.is_some() {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                // The admin listener binds first, then the gRPC port.
+                // The line that says where it listens names its admin listener too.
                 if let Some(addr) = value["admin"].as_str() {
                     admin = Some(addr.to_owned());
                 }

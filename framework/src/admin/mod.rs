@@ -80,7 +80,7 @@ impl AdminServer {
         let history = Arc::new(History::default());
         let sampler = tokio::spawn(sample(metrics.clone(), Arc::clone(&history)));
         let task = tokio::spawn(accept(listener, Page { metrics, history }));
-        tracing::info!(admin = %local_addr, "admin listener: /metrics /healthz /readyz /status");
+        tracing::debug!(admin = %local_addr, "admin listener: /metrics /healthz /readyz /status");
         Ok(AdminServer { local_addr, _tasks: [AbortOnDrop(task), AbortOnDrop(sampler)] })
     }
 

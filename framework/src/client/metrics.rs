@@ -136,6 +136,16 @@ impl ServiceMetrics {
         self.attempts[kind as usize].inc();
     }
 
+    #[cfg(test)]
+    pub(crate) fn attempts_of(&self, kind: Attempt) -> u64 {
+        self.attempts[kind as usize].get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn not_retried_of(&self, why: NotSent) -> u64 {
+        self.not_sent[why as usize].get()
+    }
+
     pub(crate) fn not_retried(&self, why: NotSent) {
         self.not_sent[why as usize].inc();
     }

@@ -339,7 +339,8 @@ impl BoundServer {
     ///
     /// When the server fails while serving.
     pub async fn serve(self) -> Result<(), Error> {
-        let BoundServer { builder, listener, metrics, admin: _admin } = self;
+        let BoundServer { builder, listener, metrics, admin } = self;
+        let admin_addr = admin.as_ref().map(AdminServer::local_addr);
         let board = metrics.board();
         let local_addr = listener.local_addr();
         let ServerBuilder {
@@ -404,7 +405,10 @@ impl BoundServer {
             endpoint: endpoint.to_string(),
             registered: false,
         });
-        tracing::info!(addr = %local_addr, services = ?names, "listening");
+        match admin_addr {
+            Some(admin) => tracing::info!(addr = %local_addr, %admin, services = ?names, "listening"),
+            None => tracing::info!(addr = %local_addr, services = ?names, "listening"),
+        }
 
         let mut leases = Vec::new();
         if let Some(registry) = &registry {

@@ -337,6 +337,22 @@ mod tests {
         let tried = |r: &Request<Body>| r.extensions().get::<Tried>().map(|t| Arc::as_ptr(&t.0));
         assert!(tried(&first).is_some() && tried(&first) == tried(&second), "one Tried list per call");
         assert_eq!(counters.snapshot().retries, 1);
+        let attempts = |kind| counters.metrics.attempts_of(kind);
+        assert_eq!((attempts(Attempt::First), attempts(Attempt::Retry), attempts(Attempt::Hedge)), (1, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_past_the_attempt_limit_is_counted_as_not_sent() {
+        let counters = Arc::new(Counters::default());
+        let (inner, mut handle) = mock();
+        let call = tokio::spawn(layer(&counters).layer(inner).oneshot(request("/t.v1.T/Safe")));
+        for _ in 0..SAFE.max_attempts {
+            handle.next_request().await.unwrap().1.send_error(unavailable(false, None));
+        }
+        call.await.unwrap().unwrap_err();
+        assert_eq!(counters.metrics.attempts_of(Attempt::Retry), u64::from(SAFE.max_attempts - 1));
+        assert_eq!(counters.metrics.not_retried_of(NotSent::AttemptLimit), 1);
+        assert_eq!(counters.metrics.not_retried_of(NotSent::Budget), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -370,7 +386,8 @@ mod tests {
         let mut req = request("/t.v1.T/Safe");
         let at = Instant::now() + Duration::from_millis(5);
         req.extensions_mut().insert(Deadline { at, budget: Duration::from_millis(5) });
-        let call = tokio::spawn(layer(&Arc::default()).layer(inner).oneshot(req));
+        let counters = Arc::new(Counters::default());
+        let call = tokio::spawn(layer(&counters).layer(inner).oneshot(req));
         handle
             .next_request()
             .await
@@ -384,6 +401,7 @@ mod tests {
         assert_eq!(*reason, NotRetried::NoTimeLeft);
         assert_eq!(last.code(), Code::Unavailable);
         assert_eq!(err.to_string(), "down (not retried: no time left before the deadline)");
+        assert_eq!(counters.metrics.not_retried_of(NotSent::NoTimeLeft), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -398,6 +416,8 @@ mod tests {
         reply.send_response(grpc(Code::Ok));
         call.await.unwrap().unwrap();
         assert_eq!(counters.snapshot().hedges, 1);
+        let attempts = |kind| counters.metrics.attempts_of(kind);
+        assert_eq!((attempts(Attempt::First), attempts(Attempt::Retry), attempts(Attempt::Hedge)), (1, 0, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -270,3 +270,66 @@ impl<B: Body> Body for MetricsBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn request(path: &str) -> Request<tonic::body::Body> {
+        Request::builder().uri(path).body(tonic::body::Body::empty()).unwrap()
+    }
+
+    fn handled(text: &str, code: &str) -> Option<u64> {
+        let series =
+            format!(r#"rpc_server_calls_handled_total{{service="unknown",method="unknown",code="{code}"}} "#);
+        text.lines().find_map(|line| line.strip_prefix(series.as_str())).and_then(|v| v.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn counts_the_status_from_headers_body_end_or_drop_and_what_was_refused() {
+        let metrics = Metrics::new("t", "0");
+        let layer = MetricsLayer::new(&metrics, &[]);
+        let inner = tower::service_fn(|req: Request<tonic::body::Body>| async move {
+            let mut response = match req.uri().path() {
+                "/shed" => tonic::Status::resource_exhausted("overloaded").into_http(),
+                _ => Response::new(tonic::body::Body::empty()),
+            };
+            if req.uri().path() == "/shed" {
+                response.extensions_mut().insert(Refused::Shed);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let service = layer.layer(inner);
+
+        // Trailers-only, refused by a layer below: counted at the headers.
+        let shed = service.clone().oneshot(request("/shed")).await.unwrap();
+        drop(shed);
+        // Ends with its body.
+        let ok = service.clone().oneshot(request("/ok")).await.unwrap();
+        ok.into_body().collect().await.unwrap();
+        // Dropped before its body ended: the client went away.
+        drop(service.clone().oneshot(request("/gone")).await.unwrap());
+        // Health is not counted.
+        service.oneshot(request("/grpc.health.v1.Health/Check")).await.unwrap();
+
+        let text = metrics.encode();
+        assert_eq!(handled(&text, "RESOURCE_EXHAUSTED"), Some(1), "{text}");
+        assert_eq!(handled(&text, "OK"), Some(1), "{text}");
+        assert_eq!(handled(&text, "CANCELLED"), Some(1), "{text}");
+        assert!(
+            text.contains(r#"trellis_server_calls_shed_total{service="unknown",method="unknown"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rpc_server_calls_started_total{service="unknown",method="unknown"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rpc_server_calls_in_flight{service="unknown",method="unknown"} 0"#),
+            "{text}"
+        );
+    }
+}

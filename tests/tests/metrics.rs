@@ -226,3 +226,46 @@ async fn each_counter_moves_by_exactly_the_calls_made() {
     assert!(age > 0.0 && age < 60.0, "{age}");
     assert_eq!(client_after.value("trellis_client_endpoints", &target), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_fail_before_sending_are_counted_by_why() {
+    let metrics = Metrics::new("metrics-test-lonely", "9.9.9");
+    let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), metrics.clone()).await.expect("admin");
+    // No instance of the service is registered anywhere.
+    let clients = Clients::new(Registry::from_url("static://").expect("registry")).with_metrics(metrics);
+    let mut client = DeepClient::discover(clients).expect("client");
+    let before = Scrape::of(admin.local_addr()).await;
+
+    let mut request = trellis::Request::new(Depth::default());
+    request.set_timeout(Duration::from_millis(100));
+    let status = client.dive(request).await.expect_err("no instance");
+    assert!(
+        matches!(
+            trellis::client::CallError::of(&status),
+            Some(trellis::client::CallError::NoInstance { .. })
+        ),
+        "{status:?}"
+    );
+    // Inside a call whose deadline has passed, the outbound call is refused unsent.
+    let passed =
+        trellis::context::RequestContext::new(Some(tokio::time::Instant::now() - Duration::from_millis(50)));
+    let status = passed.scope(client.dive(Depth::default())).await.expect_err("deadline passed");
+    assert!(
+        matches!(
+            trellis::client::CallError::of(&status),
+            Some(trellis::client::CallError::DeadlinePassed { .. })
+        ),
+        "{status:?}"
+    );
+
+    let after = Scrape::of(admin.local_addr()).await;
+    let delta = Delta(&before, &after);
+    let unsent = |reason| [("service", SERVICE), ("reason", reason)];
+    let name = "trellis_client_calls_failed_before_sending_total";
+    assert_eq!(delta.of(name, &unsent("no_instance")), 1.0, "{}", after.0);
+    assert_eq!(delta.of(name, &unsent("deadline_passed")), 1.0);
+    assert_eq!(delta.of(name, &unsent("circuit_open")), 0.0);
+    let code = |code| [("service", SERVICE), ("method", "Dive"), ("code", code)];
+    assert_eq!(delta.of("rpc_client_call_duration_seconds_count", &code("DEADLINE_EXCEEDED")), 2.0);
+    assert_eq!(after.value("trellis_client_endpoints", &[("service", SERVICE)]), 0.0);
+}

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::client::Clients;
 use crate::config::{Config, Layers, Unknown};
 use crate::error::{BoxError, Error, error_chain};
+use crate::metrics::Metrics;
 use crate::registry::{Metadata, Registry};
 use crate::server::{Server, ServerBuilder};
 use crate::telemetry::LogFormat;
@@ -42,6 +43,7 @@ use crate::telemetry::LogFormat;
 /// --config FILE          a TOML file of settings
 /// --registry URL         where services register and find each other
 /// --log-format FORMAT    text or json
+/// --admin-listen ADDR    serve /metrics, /healthz, /readyz and the status page there
 /// -s, --set KEY=VALUE    any setting, such as shutdown.drain_timeout=30s
 /// -h, --help / -V, --version
 /// ```
@@ -52,13 +54,14 @@ pub struct App {
     version: &'static str,
     about: Option<&'static str>,
     sections: Option<&'static [&'static str]>,
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl App {
     /// An application called `name` at `version` (pass
     /// `env!("CARGO_PKG_NAME")` and `env!("CARGO_PKG_VERSION")`).
     pub fn new(name: &'static str, version: &'static str) -> Self {
-        App { name, version, about: None, sections: None }
+        App { name, version, about: None, sections: None, admin: None }
     }
 
     /// One line for `--help`.
@@ -75,6 +78,13 @@ impl App {
     /// serving (see [`config`](crate::config#misspelt-keys)).
     pub fn sections(mut self, sections: &'static [&'static str]) -> Self {
         self.sections = Some(sections);
+        self
+    }
+
+    /// Turns the admin listener on at `addr` when the configuration does not
+    /// say where (`admin.listen`, `--admin-listen`); it is off otherwise.
+    pub fn admin_listen_by_default(mut self, addr: std::net::SocketAddr) -> Self {
+        self.admin = Some(addr);
         self
     }
 
@@ -108,7 +118,10 @@ impl App {
             }
         };
         let ctx = match Context::from_matches(self.name, self.version, &matches, self.sections) {
-            Ok(ctx) => ctx,
+            Ok(mut ctx) => {
+                ctx.config.admin.listen = ctx.config.admin.listen.or(self.admin);
+                ctx
+            }
             Err(err) => {
                 eprintln!("{}: error: {err}", self.name);
                 return ExitCode::from(2);
@@ -160,6 +173,12 @@ impl App {
                     .help("Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:0]"),
             )
             .arg(
+                Arg::new("admin-listen")
+                    .long("admin-listen")
+                    .value_name("ADDR")
+                    .help("Serve /metrics, /healthz, /readyz and the status page on HOST:PORT, apart from the gRPC port [default: off]"),
+            )
+            .arg(
                 Arg::new("config")
                     .long("config")
                     .value_name("FILE")
@@ -204,6 +223,7 @@ pub struct Context {
     layers: Layers,
     clients: Clients,
     sections: Arc<Sections>,
+    metrics: Metrics,
 }
 
 /// The unknown top-level sections of the configuration, and the sections the
@@ -252,6 +272,9 @@ impl Context {
                 flags.push((key.to_owned(), value.clone()));
             }
         }
+        if let Some(value) = matches.get_one::<String>("admin-listen") {
+            flags.push(("admin.listen".to_owned(), value.clone()));
+        }
         if let Some(format) = matches.get_one::<LogFormat>("log-format") {
             let format = match format {
                 LogFormat::Text => "text",
@@ -263,7 +286,9 @@ impl Context {
         let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
         let config = layers.config()?;
         let registry = Registry::from_url(config.registry.expose())?;
-        let mut clients = Clients::new(registry).with_configs(config.clients.clone());
+        let metrics = Metrics::new(name, version);
+        let mut clients =
+            Clients::new(registry).with_configs(config.clients.clone()).with_metrics(metrics.clone());
         if config.tls.is_set() {
             clients = clients.with_tls(config.tls.clone());
         }
@@ -272,7 +297,7 @@ impl Context {
             unknown: layers.unknown(own)?,
             named: Mutex::new(own.iter().map(|s| (*s).to_owned()).collect()),
         });
-        Ok(Context { name, version, config, layers, clients, sections })
+        Ok(Context { name, version, config, layers, clients, sections, metrics })
     }
 
     /// The application's name.
@@ -314,6 +339,12 @@ impl Context {
         &self.clients
     }
 
+    /// The process's metrics, which the server and every channel made from
+    /// this context count into, and the admin listener serves.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A server builder set up from the configuration.
     ///
     /// Its [`bind`](ServerBuilder::bind) and [`serve`](ServerBuilder::serve)
@@ -348,6 +379,10 @@ impl Context {
         }
         if let Some(advertise) = &self.config.advertise {
             server = server.advertise(advertise.clone());
+        }
+        server = server.metrics(self.metrics.clone());
+        if let Some(admin) = self.config.admin.listen {
+            server = server.admin_listen(admin);
         }
         server
     }

@@ -51,6 +51,7 @@
 //!   TLS between services on rustls with ring, configured in `[tls]`
 //!   ([`tls`]).
 
+pub mod admin;
 pub mod app;
 pub mod client;
 pub mod codegen;
@@ -63,6 +64,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 mod secret;

@@ -8,8 +8,8 @@ use std::path::Path;
 /// Top-level modules by floor, lowest first.
 const FLOORS: &[&[&str]] = &[
     &["error", "protocol", "descriptor", "context", "duration", "secret"],
-    &["registry", "telemetry"],
-    &["transport", "gateway"],
+    &["registry", "telemetry", "metrics"],
+    &["transport", "gateway", "admin"],
     &["client", "server"],
     &["codegen", "config", "testing"],
     &["app", "fuzzing"],

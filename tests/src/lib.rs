@@ -17,6 +17,7 @@ pub mod fakes;
 pub mod h2raw;
 pub mod logged;
 pub mod registries;
+pub mod scrape;
 
 /// The generated code of the test protos.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -19,6 +19,8 @@ struct Instance {
     index: u16,
     args: Vec<String>,
     addr: SocketAddr,
+    /// Its admin listener: metrics, health, the status page.
+    admin: SocketAddr,
     child: Child,
 }
 
@@ -97,9 +99,22 @@ impl Cluster {
         &self.registry
     }
 
-    /// One line per instance.
+    /// One line per instance: its gRPC address and its admin listener.
     pub(crate) fn describe(&self) -> String {
-        self.instances().map(|i| format!("  {:<18} {}", i.label, i.addr)).collect::<Vec<_>>().join("\n")
+        self.instances()
+            .map(|i| {
+                format!(
+                    "  {:<18} {:<21} status page http://{}/  metrics http://{}/metrics",
+                    i.label, i.addr, i.admin, i.admin
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The admin listener of every instance, with its label.
+    pub(crate) fn admin_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.instances().map(|i| (i.label.clone(), i.admin)).collect()
     }
 
     fn instances(&self) -> impl Iterator<Item = &Instance> {
@@ -147,6 +162,8 @@ async fn spawn(dir: &Path, service: &'static str, index: u16, args: &[&str]) -> 
             // One line per call, with its trace id: what the demo's grep finds.
             "--set",
             "log.access=true",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(args)
         .stdin(Stdio::null())
@@ -164,14 +181,19 @@ async fn spawn(dir: &Path, service: &'static str, index: u16, args: &[&str]) -> 
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut addr_tx = Some(addr_tx);
+        let mut admin = None;
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if addr_tx.is_some() {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                // The line that says where it listens names its admin listener too.
+                if let Some(addr) = value["admin"].as_str() {
+                    admin = Some(addr.to_owned());
+                }
                 if value["message"] == "listening"
                     && let (Some(tx), Some(addr)) = (addr_tx.take(), value["addr"].as_str())
                 {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send((addr.to_owned(), admin.take().unwrap_or_default()));
                 }
             }
             let _ = log.write_all(line.as_bytes()).await;
@@ -182,7 +204,9 @@ async fn spawn(dir: &Path, service: &'static str, index: u16, args: &[&str]) -> 
         .await
         .map_err(|_| format!("{label} did not start within 20s; see {}", log_path.display()))?
         .map_err(|_| format!("{label} exited at start; see {}", log_path.display()))?;
+    let (addr, admin) = addr;
     let addr = addr.parse().map_err(|e| format!("{label} logged a bad address `{addr}`: {e}"))?;
+    let admin = admin.parse().map_err(|e| format!("{label} logged a bad admin address `{admin}`: {e}"))?;
     let args = args.iter().map(|a| (*a).to_owned()).collect();
-    Ok(Instance { label, service, index, args, addr, child })
+    Ok(Instance { label, service, index, args, addr, admin, child })
 }

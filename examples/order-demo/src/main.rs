@@ -88,6 +88,11 @@ async fn run(args: Args) -> Result<load::Summary, String> {
     println!("order-demo: data and logs in {}", dir.display());
     let cluster = cluster::Cluster::start(&dir, args.instances).await?;
     println!("{}", cluster.describe());
+    if let Some((label, admin)) = cluster.admin_addrs().last() {
+        println!(
+            "order-demo: open http://{admin}/ for {label}'s live status page (its endpoints, breakers, calls)"
+        );
+    }
     let registry = cluster.registry().clone();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
 

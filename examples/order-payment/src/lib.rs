@@ -44,6 +44,9 @@ where
     T: Into<OsString> + Clone,
 {
     trellis::App::new("order-payment", env!("CARGO_PKG_VERSION"))
+        // The admin listener (metrics, health, status page) on a free loopback port, unless
+        // `admin.listen` or `--admin-listen` says where.
+        .admin_listen_by_default(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
         .about("Takes payments for orders, once per idempotency key")
         .sections(&["payment"])
         .run_with_args(args, |ctx| async move {

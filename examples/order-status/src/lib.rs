@@ -42,6 +42,9 @@ where
     T: Into<OsString> + Clone,
 {
     trellis::App::new("order-status", env!("CARGO_PKG_VERSION"))
+        // The admin listener (metrics, health, status page) on a free loopback port, unless
+        // `admin.listen` or `--admin-listen` says where.
+        .admin_listen_by_default(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
         .about("The combined state of an order, from payment and shipping")
         .sections(&["status"])
         .run_with_args(args, |ctx| async move {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Balance;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::transport::tls::TlsConfig;
 
@@ -95,12 +96,13 @@ pub struct Clients {
     configs: Arc<BTreeMap<String, ClientConfig>>,
     /// The `[tls]` settings for `https` instances.
     tls: Option<Arc<TlsConfig>>,
+    metrics: Option<Metrics>,
 }
 
 impl Clients {
     /// Channels through `registry`, with no settings of their own.
     pub fn new(registry: Registry) -> Self {
-        Clients { registry, configs: Arc::default(), tls: None }
+        Clients { registry, configs: Arc::default(), tls: None, metrics: None }
     }
 
     /// The same, reaching `https` instances with `tls` (`tls.ca`, and
@@ -125,6 +127,18 @@ impl Clients {
     /// The same, with `config` for calls to `service` (a full name).
     pub fn with_config(self, service: &str, config: ClientConfig) -> Self {
         self.with_configs(BTreeMap::from([(service.to_owned(), config)]))
+    }
+
+    /// The same, with every channel counting into `metrics` and shown on
+    /// its status page (the application [`Context`](crate::Context) does this).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics channels count into, if any.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
     }
 
     /// The registry instances are found in.

@@ -116,7 +116,9 @@ where
         let own = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
         let own = own.unwrap_or_else(|| *self.layer.timeouts.get(req.uri().path()));
         let at = outbound_deadline(Some(own)).unwrap_or(start + own);
-        let budget = at.saturating_duration_since(start);
+        // Measured from now, not `start`: a passed inbound deadline is
+        // clamped to the `now` of `outbound_deadline`, which is after `start`.
+        let budget = at.saturating_duration_since(Instant::now());
         if budget.is_zero() {
             let method = req.uri().path().to_owned();
             return DeadlineFuture {

@@ -15,6 +15,11 @@ impl<T> PerMethod<T> {
         PerMethod { by_path: by_path.into_iter().collect(), unknown }
     }
 
+    /// Every known path and its value.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        self.by_path.iter().map(|(path, value)| (*path, value))
+    }
+
     /// The value for `path`.
     pub(crate) fn get(&self, path: &str) -> &T {
         self.by_path.get(path).unwrap_or(&self.unknown)

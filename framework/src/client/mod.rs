@@ -6,6 +6,8 @@
 //! ([`ChannelBuilder::build`]) in this order:
 //!
 //! ```text
+//! metrics           duration per method and final code, calls failed before
+//!                   sending; the channel on the status page       (metrics.rs)
 //! trace             a `traceparent` on every call: a child of the call being
 //!                   handled, else a new trace; `tracestate` passed along;
 //!                   a client span exported with feature `otel`     (trace.rs)
@@ -60,6 +62,7 @@ mod config;
 mod deadline;
 mod endpoint;
 mod method;
+mod metrics;
 mod retry;
 mod stats;
 #[cfg(test)]
@@ -82,6 +85,7 @@ pub use self::breaker::{BreakerFuture, BreakerLayer, BreakerService};
 pub use self::config::{ClientConfig, Clients, MethodConfig};
 pub use self::deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineService};
 pub use self::endpoint::{EndpointFuture, EndpointLayer, EndpointService, EndpointState, OutlierLimit};
+pub use self::metrics::{CallBody, ClientMetricsFuture, ClientMetricsLayer, ClientMetricsService};
 pub use self::retry::{RetryFuture, RetryLayer, RetryService};
 pub use self::stats::ChannelStats;
 pub use self::trace::{TraceFuture, TraceLayer, TraceService};
@@ -89,23 +93,28 @@ pub use crate::error::{CallError, NotRetried};
 pub use crate::protocol::DEFAULT_TIMEOUT;
 
 use self::method::PerMethod;
+use self::metrics::{ServiceMetrics, View};
 use self::retry::RetryPolicy;
 use self::stats::Counters;
 use crate::descriptor::{ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error, into_status};
+use crate::metrics::ChannelView;
 use crate::registry::Endpoint;
 
 /// A whole call or one attempt, type-erased once where your layers are.
 pub type BoxCallService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// The stack without layers of your own: no boxing between the layers.
-type Plain = DeadlineService<BreakerService<RetryService<Balancer>>>;
+type Plain = ClientMetricsService<TraceService<DeadlineService<BreakerService<RetryService<Balancer>>>>>;
+
+/// The stack with layers of your own, type-erased once where they are.
+type Layered = ClientMetricsService<TraceService<BoxCallService>>;
 
 /// The stack as built.
 #[derive(Clone)]
 enum Stack {
-    Plain(TraceService<Plain>),
-    Layered(TraceService<BoxCallService>),
+    Plain(Plain),
+    Layered(Layered),
 }
 
 /// A channel to the instances of one service. Cheap to clone; clones share
@@ -118,6 +127,8 @@ pub struct Channel {
     counters: Arc<Counters>,
     stack: Stack,
     message_limits: (usize, usize),
+    /// What the status page reads; listed there while the channel lives.
+    _view: Arc<dyn ChannelView>,
 }
 
 impl fmt::Debug for Channel {
@@ -280,7 +291,10 @@ impl ChannelBuilder {
         let ChannelBuilder { clients, service, balance, outer, attempt } = self;
         let config = clients.config(service.name());
         let settings = MethodSettings::of(service, &config);
-        let counters = Arc::new(Counters::default());
+        let service_metrics = clients
+            .metrics()
+            .map_or_else(ServiceMetrics::default, |metrics| ServiceMetrics::new(metrics, service.name()));
+        let counters = Arc::new(Counters::new(service_metrics));
         let balance = config.balance.or(balance).unwrap_or_default();
         let registry = clients.registry();
 
@@ -302,19 +316,37 @@ impl ChannelBuilder {
             PerMethod::new(settings.iter().map(|(path, s)| (*path, s.retry)), RetryPolicy::UNKNOWN),
             counters.clone(),
         );
+        let metrics = ClientMetricsLayer::new(service, counters.clone());
+        let view: Arc<dyn ChannelView> = Arc::new(View {
+            snapshot: {
+                let (balancer, breaker) = (balancer.clone(), breaker.clone());
+                move || balancer.snapshot(breaker.snapshot())
+            },
+        });
+        counters.metrics.publish(Arc::downgrade(&view));
         let stack = match (outer, attempt) {
-            (None, None) => {
-                Stack::Plain(TraceLayer.layer(deadline.layer(breaker.layer(retry.layer(balancer.clone())))))
-            }
+            (None, None) => Stack::Plain(
+                metrics.layer(TraceLayer.layer(deadline.layer(breaker.layer(retry.layer(balancer.clone()))))),
+            ),
             (outer, attempt) => {
                 let attempts = BoxCloneSyncService::new(balancer.clone());
                 let attempts = attempt.map_or(attempts.clone(), |layer| layer(attempts));
                 let call = BoxCloneSyncService::new(deadline.layer(breaker.layer(retry.layer(attempts))));
-                Stack::Layered(TraceLayer.layer(outer.map_or(call.clone(), |layer| layer(call))))
+                Stack::Layered(
+                    metrics.layer(TraceLayer.layer(outer.map_or(call.clone(), |layer| layer(call)))),
+                )
             }
         };
         let message_limits = config.message_limits();
-        Ok(Channel { service, registry: registry.url().into(), balancer, counters, stack, message_limits })
+        Ok(Channel {
+            service,
+            registry: registry.url().into(),
+            balancer,
+            counters,
+            stack,
+            message_limits,
+            _view: view,
+        })
     }
 }
 
@@ -350,7 +382,7 @@ impl MethodSettings {
 }
 
 impl Service<Request<Body>> for Channel {
-    type Response = Response<Body>;
+    type Response = Response<CallBody<Body>>;
     type Error = tonic::Status;
     type Future = ChannelFuture;
 
@@ -381,9 +413,9 @@ pin_project_lite::pin_project! {
     #[project = ChannelProj]
     enum Kind {
         /// Through the built-in layers.
-        Plain { #[pin] inner: <TraceService<Plain> as Service<Request<Body>>>::Future },
+        Plain { #[pin] inner: <Plain as Service<Request<Body>>>::Future },
         /// Through layers of your own.
-        Layered { #[pin] inner: <TraceService<BoxCallService> as Service<Request<Body>>>::Future },
+        Layered { #[pin] inner: <Layered as Service<Request<Body>>>::Future },
     }
 }
 
@@ -394,7 +426,7 @@ impl std::fmt::Debug for ChannelFuture {
 }
 
 impl Future for ChannelFuture {
-    type Output = Result<Response<Body>, tonic::Status>;
+    type Output = Result<Response<CallBody<Body>>, tonic::Status>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {

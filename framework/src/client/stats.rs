@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::metrics::ServiceMetrics;
 use crate::registry::Endpoint;
 
 /// What a channel has done so far.
@@ -32,9 +33,15 @@ pub(crate) struct Counters {
     pub(crate) breaker_trips: AtomicU64,
     pub(crate) hedges: AtomicU64,
     calls: Mutex<BTreeMap<Endpoint, Arc<AtomicU64>>>,
+    /// The same events and more, as metrics of the target service.
+    pub(crate) metrics: ServiceMetrics,
 }
 
 impl Counters {
+    pub(crate) fn new(metrics: ServiceMetrics) -> Self {
+        Counters { metrics, ..Counters::default() }
+    }
+
     /// The attempt counter of `endpoint`, kept after it leaves.
     pub(crate) fn calls_to(&self, endpoint: &Endpoint) -> Arc<AtomicU64> {
         let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);

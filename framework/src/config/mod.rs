@@ -36,6 +36,7 @@
 //! | `clients."SERVICE".max_encoding_size` | `4194304` (4 MiB) | `max_encoding_size = 16777216` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.timeout` | 10 s | `timeout = "500ms"` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.max_attempts` | 3 | `max_attempts = 1` | file only | file only |
+//! | `admin.listen` | off | `[admin] listen = "127.0.0.1:9090"` | `TRELLIS_ADMIN__LISTEN` | `--admin-listen` |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
 //! | `faults.unavailable` | `false` | `[faults] unavailable = true` | `TRELLIS_FAULTS__UNAVAILABLE` | `--set` |
 //! | `tls.cert`, `tls.key` | none (plaintext) | `[tls] cert = "svc.pem"` | `TRELLIS_TLS__CERT` | `--set` |
@@ -98,6 +99,7 @@ use figment::value::{Tag, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminConfig;
 use crate::client::ClientConfig;
 use crate::error::Error;
 use crate::registry::RegistryUrl;
@@ -140,6 +142,8 @@ pub struct Config {
     pub faults: FaultsConfig,
     /// TLS and mutual TLS (`docs/tls.md`).
     pub tls: TlsConfig,
+    /// The admin listener: metrics, health, readiness, status page.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -156,6 +160,7 @@ impl Default for Config {
             clients: BTreeMap::new(),
             faults: FaultsConfig::default(),
             tls: TlsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -175,6 +180,7 @@ impl Config {
         "clients",
         "faults",
         "tls",
+        "admin",
     ];
 }
 
@@ -310,6 +316,7 @@ impl Layers {
         check(self.check::<BTreeMap<String, ClientConfig>>("clients"));
         check(self.check::<FaultsConfig>("faults"));
         check(self.check::<TlsConfig>("tls").and_then(|()| self.tls_problems()));
+        check(self.check::<AdminConfig>("admin"));
         Ok(problems)
     }
 
@@ -675,7 +682,7 @@ mod tests {
 
         let err = message(Layers::load(Some(&path), Vec::new(), Some(&["status"])).unwrap_err());
         assert!(err.starts_with("`payment` (from file"), "{err}");
-        assert!(err.ends_with("unknown section; expected one of `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`, `tls`, `trace`"), "{err}");
+        assert!(err.ends_with("unknown section; expected one of `admin`, `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`, `tls`, `trace`"), "{err}");
     }
 
     #[test]

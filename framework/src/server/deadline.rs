@@ -64,7 +64,9 @@ where
                 "{}: the call arrived after its deadline; not run",
                 req.uri().path()
             ));
-            return DeadlineFuture::Expired { response: Some(status.into_http()) };
+            let mut response = status.into_http();
+            response.extensions_mut().insert(super::metrics::Refused::Expired);
+            return DeadlineFuture::Expired { response: Some(response) };
         }
         if inherited {
             return DeadlineFuture::Inherited { inner: self.inner.call(req) };

@@ -86,6 +86,7 @@ where
                 let mut response: Response<tonic::body::Body> = status.into_http();
                 // No handler ran: a Trellis client may retry any method elsewhere.
                 response.headers_mut().insert(UNPROCESSED, http::HeaderValue::from_static("1"));
+                response.extensions_mut().insert(super::metrics::Refused::Shed);
                 LoadShedFuture::Shed { response: Some(response) }
             }
         }

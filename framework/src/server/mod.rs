@@ -49,6 +49,7 @@ mod drain;
 mod faults;
 mod limit;
 mod limits;
+pub(crate) mod metrics;
 mod trace;
 
 pub use config::{DEFAULT_MAX_CONCURRENT_CALLS, FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
@@ -74,8 +75,10 @@ use tower::util::{BoxCloneSyncService, Either, MapErrLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::admin::AdminServer;
 use crate::descriptor::{DescribedService, ServiceDescriptor};
 use crate::error::{BoxError, Error};
+use crate::metrics::{Metrics, ServerInfo, ServerState};
 use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
 use crate::transport::tls::TlsConfig;
@@ -119,6 +122,8 @@ impl Server {
             layer: None,
             config_check: None,
             tls: None,
+            metrics: None,
+            admin: None,
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct ServerBuilder {
     layer: Option<ServerLayerFn>,
     config_check: Option<Box<dyn FnOnce() -> Result<(), Error> + Send + Sync>>,
     tls: Option<TlsConfig>,
+    metrics: Option<Metrics>,
+    admin: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -241,6 +248,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Counts calls into `metrics` (by default, metrics of the server's
+    /// own), which the admin listener serves.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/readyz` and the status page on
+    /// `addr`, apart from the gRPC port (see [`crate::admin`]).
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
     pub(crate) fn shutdown_config(mut self, shutdown: ShutdownConfig) -> Self {
         self.shutdown = shutdown;
         self
@@ -321,7 +342,13 @@ impl ServerBuilder {
         }
         self.http2.check().map_err(Error::Config)?;
         let listener = Listener::bind(self.listen, self.tls.as_ref()).await?;
-        Ok(BoundServer { builder: self, listener })
+        let metrics =
+            self.metrics.take().unwrap_or_else(|| Metrics::new("trellis-server", env!("CARGO_PKG_VERSION")));
+        let admin = match self.admin {
+            Some(addr) => Some(AdminServer::bind(addr, metrics.clone()).await?),
+            None => None,
+        };
+        Ok(BoundServer { builder: self, listener, metrics, admin })
     }
 
     /// Binds and serves until the shutdown signal, then shuts down gracefully.
@@ -339,12 +366,24 @@ impl ServerBuilder {
 pub struct BoundServer {
     builder: ServerBuilder,
     listener: Listener,
+    metrics: Metrics,
+    admin: Option<AdminServer>,
 }
 
 impl BoundServer {
     /// The address the server listens on, with the real port when 0 was asked.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// The address of the admin listener, if one was asked for.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// The metrics the server counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Serves until the shutdown signal, then shuts down gracefully (see the
@@ -354,7 +393,9 @@ impl BoundServer {
     ///
     /// When the server fails while serving.
     pub async fn serve(self) -> Result<(), Error> {
-        let BoundServer { builder, listener } = self;
+        let BoundServer { builder, listener, metrics, admin } = self;
+        let admin_addr = admin.as_ref().map(AdminServer::local_addr);
+        let board = metrics.board();
         let local_addr = listener.local_addr();
         let ServerBuilder {
             shutdown,
@@ -398,6 +439,7 @@ impl BoundServer {
             // REST/JSON transcoding (framework/src/gateway), outermost: its calls take every layer below.
             .layer(crate::gateway::layer(&services)?)
             .layer(trace::TraceLayer::new(access_log))
+            .layer(metrics::MetricsLayer::new(&metrics, &services))
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
             .layer(limit::LoadShedLayer::new(max_concurrent_calls))
             .layer(deadline::DeadlineLayer)
@@ -443,8 +485,18 @@ impl BoundServer {
         tokio::pin!(server);
 
         set_status(&health, &services, ServingStatus::Serving).await;
-        let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
-        tracing::info!(addr = %local_addr, services = ?names, "listening");
+        let names: Vec<&'static str> = services.iter().map(|s| s.name()).collect();
+        board.set_server(ServerInfo {
+            listen: local_addr.to_string(),
+            services: names.clone(),
+            registry: registry.as_ref().map(|r| r.url().to_owned()),
+            endpoint: endpoint.to_string(),
+            registered: false,
+        });
+        match admin_addr {
+            Some(admin) => tracing::info!(addr = %local_addr, %admin, services = ?names, "listening"),
+            None => tracing::info!(addr = %local_addr, services = ?names, "listening"),
+        }
 
         let mut leases = Vec::new();
         if let Some(registry) = &registry {
@@ -453,12 +505,19 @@ impl BoundServer {
                 leases.push(registry.register(instance).await?);
             }
             tracing::info!(registry = registry.url(), %endpoint, "registered");
+            board.set_registered(true);
         }
+        board.set_state(ServerState::Serving);
 
         tokio::select! {
-            result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
+            result = &mut server => {
+                board.set_state(ServerState::Stopped);
+                return result.map_err(|e| Error::Serve(e.into()));
+            }
             () = signal => {}
         }
+        // Not ready from now on, before anything else changes.
+        board.set_state(ServerState::ShuttingDown);
 
         tracing::info!(
             propagation_delay = ?shutdown.propagation_delay,
@@ -467,12 +526,17 @@ impl BoundServer {
         );
         set_status(&health, &services, ServingStatus::NotServing).await;
         deregister(leases).await;
+        board.set_registered(false);
         tokio::select! {
-            result = &mut server => return result.map_err(|e| Error::Serve(e.into())),
+            result = &mut server => {
+                board.set_state(ServerState::Stopped);
+                return result.map_err(|e| Error::Serve(e.into()));
+            }
             () = tokio::time::sleep(shutdown.propagation_delay) => {}
         }
 
         tracing::info!("draining in-flight calls");
+        board.set_state(ServerState::Draining);
         drain.cancel();
         match tokio::time::timeout(shutdown.drain_timeout, server).await {
             Ok(result) => result.map_err(|e| Error::Serve(e.into()))?,
@@ -481,6 +545,7 @@ impl BoundServer {
                 "drain timed out; closing the remaining connections",
             ),
         }
+        board.set_state(ServerState::Stopped);
         tracing::info!("stopped");
         Ok(())
     }

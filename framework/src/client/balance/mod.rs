@@ -43,6 +43,7 @@ use super::deadline::Deadline;
 use super::endpoint::{EndpointService, EndpointState, OutlierLimit, Probe};
 use super::stats::Counters;
 use crate::error::{BoxError, CallError, Error};
+use crate::metrics::{BreakerSnapshot, ChannelSnapshot, EndpointSnapshot};
 use crate::registry::{AbortOnDrop, Endpoint, Registry};
 
 /// How a channel spreads calls over endpoints.
@@ -163,6 +164,24 @@ impl<S: Send + Sync + 'static> Balancer<S> {
     /// The endpoints known now.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.shared.endpoints.snapshot().iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    /// What the status page and the state gauges show of it.
+    pub(crate) fn snapshot(&self, breakers: Vec<BreakerSnapshot>) -> ChannelSnapshot {
+        let shared = &self.shared;
+        let mut endpoints: Vec<EndpointSnapshot> =
+            shared.endpoints.snapshot().iter().map(|m| m.state.snapshot()).collect();
+        endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+        let balance = serde_json::to_value(shared.balance).ok();
+        ChannelSnapshot {
+            service: shared.service,
+            registry: shared.registry.clone(),
+            balance: balance.as_ref().and_then(|b| b.as_str()).unwrap_or_default().to_owned(),
+            registry_answered_seconds_ago: shared.counters.metrics.registry_answer_age(),
+            registry_error: shared.registry_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            endpoints,
+            breakers,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ mod state;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
@@ -35,11 +35,38 @@ use tower_service::Service;
 pub(crate) use self::state::FIRST_OPEN;
 pub(crate) use self::state::{Admit, Breaker};
 use super::method::PerMethod;
+use super::metrics::Transition;
 use super::stats::Counters;
 use crate::error::{BoxError, CallError};
+use crate::metrics::{BreakerSnapshot, BreakerState};
+
+/// One method's breaker, and the counters of its transitions.
+#[derive(Debug, Default)]
+pub(crate) struct MethodBreaker {
+    method: &'static str,
+    state: Mutex<Breaker>,
+    transitions: [prometheus_client::metrics::counter::Counter; 3],
+}
+
+impl MethodBreaker {
+    fn lock(&self) -> MutexGuard<'_, Breaker> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a change of state.
+    fn moved(&self, before: BreakerState, after: BreakerState) {
+        let to = match after {
+            _ if after == before => return,
+            BreakerState::Open => Transition::Open,
+            BreakerState::HalfOpen => Transition::HalfOpen,
+            BreakerState::Closed => Transition::Closed,
+        };
+        self.transitions[to as usize].inc();
+    }
+}
 
 /// One breaker per method.
-type Breakers = PerMethod<Arc<Mutex<Breaker>>>;
+type Breakers = PerMethod<Arc<MethodBreaker>>;
 
 /// Fails calls fast while their method keeps failing; see the
 /// [module docs](self).
@@ -57,8 +84,24 @@ impl BreakerLayer {
         paths: impl IntoIterator<Item = &'static str>,
         counters: Arc<Counters>,
     ) -> Self {
-        let breakers = PerMethod::new(paths.into_iter().map(|p| (p, Arc::default())), Arc::default());
+        let breaker = |path: &'static str| {
+            let method = path.rsplit('/').next().unwrap_or(path);
+            let transitions = counters.metrics.transitions(method);
+            Arc::new(MethodBreaker { method, state: Mutex::default(), transitions })
+        };
+        let breakers = PerMethod::new(paths.into_iter().map(|p| (p, breaker(p))), Arc::default());
         BreakerLayer { service, breakers: Arc::new(breakers), counters }
+    }
+
+    /// The state of each method's breaker now.
+    pub(crate) fn snapshot(&self) -> Vec<BreakerSnapshot> {
+        let mut breakers: Vec<BreakerSnapshot> = self
+            .breakers
+            .iter()
+            .map(|(_, b)| BreakerSnapshot { method: b.method, state: b.lock().kind() })
+            .collect();
+        breakers.sort_by_key(|b| b.method);
+        breakers
     }
 }
 
@@ -109,7 +152,13 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let breaker = self.layer.breakers.get(req.uri().path());
-        let admit = breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now());
+        let admit = {
+            let mut state = breaker.lock();
+            let before = state.kind();
+            let admit = state.admit(Instant::now());
+            breaker.moved(before, state.kind());
+            admit
+        };
         let probe = match admit {
             Admit::Call => false,
             Admit::Probe => true,
@@ -133,7 +182,7 @@ where
 /// the call is dropped first.
 #[derive(Debug)]
 struct Judge {
-    breaker: Arc<Mutex<Breaker>>,
+    breaker: Arc<MethodBreaker>,
     probe: bool,
     layer: BreakerLayer,
     done: bool,
@@ -142,7 +191,8 @@ struct Judge {
 impl Judge {
     fn judge(&mut self, failure: Option<&BoxError>) {
         self.done = true;
-        let mut breaker = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut breaker = self.breaker.lock();
+        let before = breaker.kind();
         match failure {
             None => breaker.succeeded(),
             Some(err) if is_target_failure(err) => {
@@ -155,13 +205,14 @@ impl Judge {
             }
             Some(_) => breaker.abandoned(),
         }
+        self.breaker.moved(before, breaker.kind());
     }
 }
 
 impl Drop for Judge {
     fn drop(&mut self) {
         if !self.done && self.probe {
-            self.breaker.lock().unwrap_or_else(PoisonError::into_inner).abandoned();
+            self.breaker.lock().abandoned();
         }
     }
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::metrics::BreakerState;
+
 /// Failures in a row that open the breaker.
 pub(crate) const FAILURES_TO_OPEN: u32 = 5;
 /// The first open period.
@@ -64,6 +66,20 @@ impl Breaker {
             State::HalfOpen { period, .. } | State::Open { period, .. } => (period * 2).min(MAX_OPEN),
         };
         self.state = State::Open { until: now + period, period };
+    }
+
+    /// The state, as the metrics and the status page show it.
+    pub(crate) fn kind(&self) -> BreakerState {
+        match self.state {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// The last failure reported, or why it was forced open.
+    pub(crate) fn last_failure(&self) -> &str {
+        &self.last_failure
     }
 
     /// Whether the state is closed and will admit any call (not only a probe).

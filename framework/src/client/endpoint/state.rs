@@ -13,7 +13,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::client::breaker::Breaker;
+use crate::client::metrics::Ejection;
 use crate::client::stats::Counters;
+use crate::metrics::{EndpointHealth, EndpointSnapshot};
 use crate::registry::Endpoint;
 
 /// The latency an endpoint is assumed to have before it answered once. Kept
@@ -86,6 +88,8 @@ pub struct EndpointState {
     pub(crate) ejection: Mutex<Breaker>,
     /// Active health: what the server's `grpc.health.v1` watch last said.
     serving: AtomicBool,
+    /// Whether anything came back from it yet (an answer or a health update).
+    heard: AtomicBool,
     /// The latency above which an endpoint is an outlier among its peers.
     pub(crate) outliers: Arc<OutlierLimit>,
     pub(crate) counters: Arc<Counters>,
@@ -134,6 +138,7 @@ impl EndpointState {
             last_rtt_ns: AtomicU64::new(0),
             ejection: Mutex::new(Breaker::for_endpoint()),
             serving: AtomicBool::new(true),
+            heard: AtomicBool::new(false),
             outliers,
             counters,
         }
@@ -180,6 +185,7 @@ impl EndpointState {
 
     /// Records what the server's health says.
     pub(crate) fn set_serving(&self, serving: bool) -> bool {
+        self.heard.store(true, Ordering::Relaxed);
         self.serving.swap(serving, Ordering::Relaxed) != serving
     }
 
@@ -199,6 +205,7 @@ impl EndpointState {
 
     /// Records an answer's round trip.
     pub(crate) fn sample(&self, rtt: Duration, now: Instant) {
+        self.heard.store(true, Ordering::Relaxed);
         self.last_rtt_ns.store(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.ewma.lock().unwrap_or_else(PoisonError::into_inner).sample(rtt, now);
     }
@@ -227,6 +234,7 @@ impl EndpointState {
         if was_in && !ejection.is_closed() {
             tracing::info!(service = self.service, endpoint = %self.endpoint, "ejecting: {failure}");
             Counters::bump(&self.counters.ejections);
+            self.counters.metrics.ejected(Ejection::Failures);
         }
     }
 
@@ -235,6 +243,33 @@ impl EndpointState {
         tracing::info!(service = self.service, endpoint = %self.endpoint, "ejecting: {reason}");
         self.ejection.lock().unwrap_or_else(PoisonError::into_inner).force_open(Instant::now(), reason);
         Counters::bump(&self.counters.ejections);
+        self.counters.metrics.ejected(Ejection::Latency);
+    }
+
+    /// What the status page shows of it.
+    pub(crate) fn snapshot(&self) -> EndpointSnapshot {
+        let (in_rotation, last_failure) = {
+            let ejection = self.ejection.lock().unwrap_or_else(PoisonError::into_inner);
+            (ejection.is_closed(), ejection.last_failure().to_owned())
+        };
+        let health = if !in_rotation {
+            EndpointHealth::Ejected
+        } else if !self.serving() {
+            EndpointHealth::NotServing
+        } else if !self.heard.load(Ordering::Relaxed) {
+            EndpointHealth::Connecting
+        } else {
+            EndpointHealth::Ready
+        };
+        EndpointSnapshot {
+            address: self.endpoint.to_string(),
+            health,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            load_ms: self.load() / 1e6,
+            latency_ms: self.mean_latency().as_secs_f64() * 1e3,
+            calls: self.calls.load(Ordering::Relaxed),
+            last_failure,
+        }
     }
 
     /// The probe of an ejected endpoint ended without an outcome.

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::{Kept, MAX_ATTEMPTS, Shared};
 use crate::client::deadline::Deadline;
+use crate::client::metrics::Attempt;
 use crate::client::stats::Counters;
 use crate::error::{BoxError, CallError};
 
@@ -44,6 +45,12 @@ where
                 if hedge {
                     Counters::bump(&shared.counters.hedges);
                 }
+                let kind = match (hedge, launched) {
+                    (true, _) => Attempt::Hedge,
+                    (false, 0) => Attempt::First,
+                    (false, _) => Attempt::Retry,
+                };
+                shared.counters.metrics.attempt(kind);
                 in_flight.push(inner.clone().oneshot(kept.attempt()));
                 launched += 1;
             }

@@ -47,6 +47,7 @@ use super::balance::hash_field;
 use super::balance::{HashKey, Tried};
 use super::deadline::Deadline;
 use super::method::PerMethod;
+use super::metrics::{Attempt, NotSent};
 use super::stats::Counters;
 use crate::descriptor::HashKeyField;
 use crate::error::{BoxError, CallError, NotRetried};
@@ -172,6 +173,7 @@ where
         let policy = *self.shared.policies.get(req.uri().path());
         self.shared.budget.deposit();
         if !policy.keeps_body() {
+            self.shared.counters.metrics.attempt(Attempt::First);
             return RetryFuture { kind: Kind::Once { inner: self.inner.call(req) } };
         }
         // The ready service answers this call; a clone serves the next.
@@ -263,12 +265,18 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
+        shared.counters.metrics.attempt(if attempt == 1 { Attempt::First } else { Attempt::Retry });
         let err = match inner.ready().await.map_err(Into::into)?.call(kept.attempt()).await {
             Ok(response) => return Ok(response),
             Err(err) => err.into(),
         };
         let Some(failure) = err.downcast_ref::<CallError>() else { return Err(err) };
         if attempt >= policy.max_attempts {
+            if policy.max_attempts > 1
+                && policy::retry_after(failure, policy.retry_safe, attempt, &mut rng).is_some()
+            {
+                shared.counters.metrics.not_retried(NotSent::AttemptLimit);
+            }
             return Err(err);
         }
         let Some(backoff) = policy::retry_after(failure, policy.retry_safe, attempt, &mut rng) else {
@@ -277,9 +285,11 @@ where
         let not_retried = |reason| CallError::NotRetried { last: Box::new(failure.clone()), reason }.into();
         if !shared.budget.withdraw() {
             Counters::bump(&shared.counters.retries_over_budget);
+            shared.counters.metrics.not_retried(NotSent::Budget);
             return Err(not_retried(NotRetried::BudgetSpent));
         }
         if deadline.is_some_and(|d| Instant::now() + backoff >= d.at) {
+            shared.counters.metrics.not_retried(NotSent::NoTimeLeft);
             return Err(not_retried(NotRetried::NoTimeLeft));
         }
         Counters::bump(&shared.counters.retries);
@@ -327,6 +337,22 @@ mod tests {
         let tried = |r: &Request<Body>| r.extensions().get::<Tried>().map(|t| Arc::as_ptr(&t.0));
         assert!(tried(&first).is_some() && tried(&first) == tried(&second), "one Tried list per call");
         assert_eq!(counters.snapshot().retries, 1);
+        let attempts = |kind| counters.metrics.attempts_of(kind);
+        assert_eq!((attempts(Attempt::First), attempts(Attempt::Retry), attempts(Attempt::Hedge)), (1, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_past_the_attempt_limit_is_counted_as_not_sent() {
+        let counters = Arc::new(Counters::default());
+        let (inner, mut handle) = mock();
+        let call = tokio::spawn(layer(&counters).layer(inner).oneshot(request("/t.v1.T/Safe")));
+        for _ in 0..SAFE.max_attempts {
+            handle.next_request().await.unwrap().1.send_error(unavailable(false, None));
+        }
+        call.await.unwrap().unwrap_err();
+        assert_eq!(counters.metrics.attempts_of(Attempt::Retry), u64::from(SAFE.max_attempts - 1));
+        assert_eq!(counters.metrics.not_retried_of(NotSent::AttemptLimit), 1);
+        assert_eq!(counters.metrics.not_retried_of(NotSent::Budget), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -360,7 +386,8 @@ mod tests {
         let mut req = request("/t.v1.T/Safe");
         let at = Instant::now() + Duration::from_millis(5);
         req.extensions_mut().insert(Deadline { at, budget: Duration::from_millis(5) });
-        let call = tokio::spawn(layer(&Arc::default()).layer(inner).oneshot(req));
+        let counters = Arc::new(Counters::default());
+        let call = tokio::spawn(layer(&counters).layer(inner).oneshot(req));
         handle
             .next_request()
             .await
@@ -374,6 +401,7 @@ mod tests {
         assert_eq!(*reason, NotRetried::NoTimeLeft);
         assert_eq!(last.code(), Code::Unavailable);
         assert_eq!(err.to_string(), "down (not retried: no time left before the deadline)");
+        assert_eq!(counters.metrics.not_retried_of(NotSent::NoTimeLeft), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -388,6 +416,8 @@ mod tests {
         reply.send_response(grpc(Code::Ok));
         call.await.unwrap().unwrap();
         assert_eq!(counters.snapshot().hedges, 1);
+        let attempts = |kind| counters.metrics.attempts_of(kind);
+        assert_eq!((attempts(Attempt::First), attempts(Attempt::Retry), attempts(Attempt::Hedge)), (1, 0, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -82,7 +82,8 @@ async fn a_silent_instance_is_passed_over_by_reads() {
     client.ship(ship("o-1", "k-1")).await.unwrap();
 
     // One instance swallows every call: reads, which have no side effects,
-    // still answer within their deadline (retried or hedged elsewhere).
+    // still answer within their deadline: the proto hedges them to the
+    // other instance after 50 ms.
     fleet.instance(0).faults().set_drop(true);
     for _ in 0..10 {
         let mut request = trellis::Request::new(GetShipmentRequest { order_id: "o-1".into() });

@@ -17,6 +17,7 @@
 //! resolved when the channel was built (per status code, on the first
 //! call that ends with it); no lock, no allocation.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +25,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +40,7 @@ use crate::metrics::{
     AttemptLabels, CallLabels, ChannelSnapshot, ChannelView, Histogram, Metrics, ReasonLabels, ServiceLabels,
     TransitionLabels, code_name,
 };
+use crate::protocol::end::{CallEnd, EndBody, Ending};
 
 /// The kind of an attempt.
 #[derive(Debug, Clone, Copy)]
@@ -290,7 +292,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let method = self.table.method(req.uri().path());
         let call = Call { table: Arc::clone(&self.table), method, start: Instant::now() };
-        ClientMetricsFuture { inner: self.inner.call(req), call: Some(call) }
+        ClientMetricsFuture { inner: self.inner.call(req), call: Ending::new(Some(call)) }
     }
 }
 
@@ -302,14 +304,15 @@ struct Call {
     start: Instant,
 }
 
-impl Call {
-    fn finish(self, code: Code) {
+impl CallEnd for Call {
+    fn end(self, code: Code) {
         self.table.finish(self.method, code, self.start);
     }
-}
 
-fn status_code(headers: &HeaderMap) -> Option<Code> {
-    headers.get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()))
+    /// A body that fails mid-stream lost its connection or stream.
+    fn failed(&self, _err: &dyn Any) -> Code {
+        Code::Unavailable
+    }
 }
 
 /// The code a failed call ends with, and whether it failed before sending.
@@ -338,15 +341,7 @@ pin_project! {
     pub struct ClientMetricsFuture<F> {
         #[pin]
         inner: F,
-        call: Option<Call>,
-    }
-
-    impl<F> PinnedDrop for ClientMetricsFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
-        }
+        call: Ending<Call>,
     }
 }
 
@@ -359,24 +354,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let mut call = this.call.take();
+        let mut call = std::mem::take(this.call);
         Poll::Ready(match result {
-            Ok(response) => {
-                // Trailers-only: the call ended with the headers.
-                if let Some(code) = status_code(response.headers())
-                    && let Some(call) = call.take()
-                {
-                    call.finish(code);
-                }
-                Ok(response.map(|inner| CallBody { inner, call }))
-            }
+            Ok(response) => Ok(call.into_response(response).map(|inner| CallBody { inner })),
             Err(err) => {
-                if let Some(call) = call {
+                if let Some(call) = call.take() {
                     let (code, unsent) = failure(&err);
                     if let Some(unsent) = unsent {
                         call.table.counters.metrics.unsent[unsent as usize].inc();
                     }
-                    call.finish(code);
+                    call.end(code);
                 }
                 Err(err)
             }
@@ -389,16 +376,7 @@ pin_project! {
     /// the call's status when its trailers pass.
     pub struct CallBody<B> {
         #[pin]
-        inner: B,
-        call: Option<Call>,
-    }
-
-    impl<B> PinnedDrop for CallBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
-        }
+        inner: EndBody<B, Call>,
     }
 }
 
@@ -408,7 +386,11 @@ impl<B> std::fmt::Debug for CallBody<B> {
     }
 }
 
-impl<B: Body> Body for CallBody<B> {
+impl<B> Body for CallBody<B>
+where
+    B: Body,
+    B::Error: 'static,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -416,19 +398,7 @@ impl<B: Body> Body for CallBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        let code = match &frame {
-            Some(Ok(frame)) => frame.trailers_ref().and_then(status_code),
-            Some(Err(_)) => Some(Code::Unavailable),
-            None => Some(Code::Ok),
-        };
-        if let Some(code) = code
-            && let Some(call) = this.call.take()
-        {
-            call.finish(code);
-        }
-        Poll::Ready(frame)
+        self.project().inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -16,12 +16,12 @@
 //! formatted on the stack and one header value; no other allocation unless
 //! spans are exported.
 
+use std::any::Any;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tonic::Code;
 use tonic::body::Body;
@@ -30,6 +30,7 @@ use tower_service::Service;
 
 use crate::context::{TRACEPARENT, TRACESTATE, TraceContext, outbound_trace};
 use crate::error::{BoxError, into_status};
+use crate::protocol::end::{CallEnd, Ending};
 use crate::telemetry::span::{self, FinishedSpan, SpanKind};
 
 /// Puts a `traceparent` on every call; see the [module docs](self).
@@ -99,7 +100,7 @@ where
             start: Instant::now(),
             method: req.uri().path_and_query().cloned(),
         });
-        TraceFuture { inner: self.inner.call(req), pending }
+        TraceFuture { inner: self.inner.call(req), pending: Ending::new(pending) }
     }
 }
 
@@ -111,8 +112,8 @@ struct Pending {
     method: Option<http::uri::PathAndQuery>,
 }
 
-impl Pending {
-    fn finish(self, code: Code) {
+impl CallEnd for Pending {
+    fn end(self, code: Code) {
         let method = self.method.as_ref().map_or("", |p| p.path());
         span::record(FinishedSpan::new(
             SpanKind::Client,
@@ -123,10 +124,11 @@ impl Pending {
             None,
         ));
     }
-}
 
-fn status_code(headers: &HeaderMap) -> Option<Code> {
-    headers.get("grpc-status").map(|v: &HeaderValue| Code::from_bytes(v.as_bytes()))
+    /// The code of the status the body failed with.
+    fn failed(&self, err: &dyn Any) -> Code {
+        err.downcast_ref::<tonic::Status>().map_or(Code::Unknown, tonic::Status::code)
+    }
 }
 
 pin_project! {
@@ -134,15 +136,7 @@ pin_project! {
     pub struct TraceFuture<F> {
         #[pin]
         inner: F,
-        pending: Option<Pending>,
-    }
-
-    impl<F> PinnedDrop for TraceFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(pending) = this.project().pending.take() {
-                pending.finish(Code::Cancelled);
-            }
-        }
+        pending: Ending<Pending>,
     }
 }
 
@@ -156,79 +150,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let Some(pending) = this.pending.take() else {
+        let mut pending = std::mem::take(this.pending);
+        if pending.get().is_none() {
             return Poll::Ready(result.map_err(Into::into));
-        };
+        }
         Poll::Ready(match result {
-            Ok(response) => match status_code(response.headers()) {
-                Some(code) => {
-                    pending.finish(code);
-                    Ok(response)
-                }
-                None => Ok(response.map(|inner| Body::new(SpanBody { inner, pending: Some(pending) }))),
-            },
+            Ok(response) => Ok(pending.into_response(response).map(Body::new)),
             Err(err) => {
                 // The one mapping to a status, done here rather than in the
                 // channel, so the span knows the code.
                 let status = into_status(err.into());
-                pending.finish(status.code());
+                pending.end(status.code());
                 Err(Box::new(status) as BoxError)
             }
         })
     }
 }
 
-pin_project! {
-    /// A response body that ends its client span when the trailers pass.
-    struct SpanBody {
-        #[pin]
-        inner: Body,
-        pending: Option<Pending>,
-    }
-
-    impl PinnedDrop for SpanBody {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(pending) = this.project().pending.take() {
-                pending.finish(Code::Cancelled);
-            }
-        }
-    }
-}
-
-impl HttpBody for SpanBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        let code = match &frame {
-            Some(Ok(frame)) => frame.trailers_ref().map(|t| status_code(t).unwrap_or(Code::Ok)),
-            Some(Err(status)) => Some(status.code()),
-            None => Some(Code::Ok),
-        };
-        if let Some(code) = code
-            && let Some(pending) = this.pending.take()
-        {
-            pending.finish(code);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
     use tower::ServiceExt;
 
     use super::*;

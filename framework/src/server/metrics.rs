@@ -19,8 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -31,6 +30,7 @@ use tower_service::Service;
 use crate::descriptor::ServiceDescriptor;
 use crate::metrics::{CallLabels, Histogram, MethodLabels, Metrics, code_name};
 use crate::protocol;
+use crate::protocol::end::{CallEnd, EndBody, Ending};
 
 /// Set by a layer that answered a call without running it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,41 +147,32 @@ where
             method.in_flight.inc();
             Call { method: Arc::clone(method), start: Instant::now() }
         });
-        MetricsFuture { inner: self.inner.call(req), call }
+        MetricsFuture { inner: self.inner.call(req), call: Ending::new(call) }
     }
 }
 
 /// One call until its status is known.
 #[derive(Debug)]
-struct Call {
+pub(crate) struct Call {
     method: Arc<MethodMetrics>,
     start: Instant,
 }
 
-impl Call {
-    fn finish(self, code: Code) {
+impl CallEnd for Call {
+    fn end(self, code: Code) {
         self.method.finish(code, self.start);
     }
 }
 
-fn status_code(headers: &HeaderMap) -> Option<Code> {
-    headers.get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()))
-}
+/// Response body of [`MetricsService`]: counts the call when its status passes.
+pub(crate) type MetricsBody<B> = EndBody<B, Call>;
 
 pin_project! {
     /// Response future of [`MetricsService`].
     pub(crate) struct MetricsFuture<F> {
         #[pin]
         inner: F,
-        call: Option<Call>,
-    }
-
-    impl<F> PinnedDrop for MetricsFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
-        }
+        call: Ending<Call>,
     }
 }
 
@@ -194,80 +185,23 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let mut call = this.call.take();
+        let mut call = std::mem::take(this.call);
         Poll::Ready(match result {
             Ok(response) => {
-                if let Some(call) = &call {
+                if let Some(call) = call.get() {
                     match response.extensions().get::<Refused>() {
                         Some(Refused::Shed) => call.method.shed.inc(),
                         Some(Refused::Expired) => call.method.expired.inc(),
                         None => 0,
                     };
                 }
-                // Trailers-only: the call ended with the headers.
-                if let Some(code) = status_code(response.headers())
-                    && let Some(call) = call.take()
-                {
-                    call.finish(code);
-                }
-                Ok(response.map(|inner| MetricsBody { inner, call }))
+                Ok(call.into_response(response))
             }
             Err(err) => {
-                if let Some(call) = call {
-                    call.finish(Code::Internal);
-                }
+                call.end(Code::Internal);
                 Err(err)
             }
         })
-    }
-}
-
-pin_project! {
-    /// Response body of [`MetricsService`]: counts the call when its status passes.
-    pub(crate) struct MetricsBody<B> {
-        #[pin]
-        inner: B,
-        call: Option<Call>,
-    }
-
-    impl<B> PinnedDrop for MetricsBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
-        }
-    }
-}
-
-impl<B: Body> Body for MetricsBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        let code = match &frame {
-            Some(Ok(frame)) => frame.trailers_ref().and_then(status_code),
-            Some(Err(_)) => Some(Code::Internal),
-            None => Some(Code::Ok),
-        };
-        if let Some(code) = code
-            && let Some(call) = this.call.take()
-        {
-            call.finish(code);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -33,8 +33,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tonic::Code;
@@ -44,6 +43,7 @@ use tower_service::Service;
 use tracing::Span;
 
 use crate::context::{RequestContext, TRACEPARENT, TRACESTATE, TraceContext};
+use crate::protocol::end::{CallEnd, EndBody, Ending};
 use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
 use crate::telemetry::span::{self, SpanKind};
 
@@ -112,13 +112,13 @@ where
             ctx.clone().sync_scope(|| self.inner.call(req))
         };
         let call = Call { span, start, timeout, path, peer, access: self.access, ctx: ctx.clone() };
-        TraceFuture { inner: ctx.scope(inner), call: Some(call) }
+        TraceFuture { inner: ctx.scope(inner), call: Ending::new(Some(call)) }
     }
 }
 
 /// The state of one call until its status is known.
 #[derive(Debug)]
-struct Call {
+pub(crate) struct Call {
     span: Span,
     start: Instant,
     /// The deadline the caller sent, if any.
@@ -129,8 +129,8 @@ struct Call {
     ctx: RequestContext,
 }
 
-impl Call {
-    fn finish(self, code: Code) {
+impl CallEnd for Call {
+    fn end(self, code: Code) {
         let Call { span, start, timeout, path, peer, access, ctx } = self;
         let elapsed = start.elapsed();
         let duration_ms = elapsed.as_secs_f64() * 1e3;
@@ -170,25 +170,13 @@ impl Call {
     }
 }
 
-fn status_code(headers: &HeaderMap) -> Option<Code> {
-    headers.get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()))
-}
-
 pin_project! {
     /// Response future of [`Trace`]. Dropped before it completes, the call
     /// was cancelled by the client (or its connection closed).
     pub(crate) struct TraceFuture<F> {
         #[pin]
         inner: TaskLocalFuture<RequestContext, F>,
-        call: Option<Call>,
-    }
-
-    impl<F> PinnedDrop for TraceFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
-        }
+        call: Ending<Call>,
     }
 }
 
@@ -201,87 +189,22 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _enter = this.call.as_ref().map(|c| c.span.enter());
+            let _enter = this.call.get().map(|c| c.span.enter());
             ready!(this.inner.poll(cx))
         };
-        let mut call = this.call.take();
+        let mut call = std::mem::take(this.call);
         Poll::Ready(match result {
-            Ok(response) => {
-                // Trailers-only: the call ended with the headers.
-                if let Some(code) = status_code(response.headers())
-                    && let Some(call) = call.take()
-                {
-                    call.finish(code);
-                }
-                Ok(response.map(|inner| TraceBody { inner, call }))
-            }
+            Ok(response) => Ok(call.into_response(response)),
             Err(err) => {
-                if let Some(call) = call {
-                    call.finish(Code::Internal);
-                }
+                call.end(Code::Internal);
                 Err(err)
             }
         })
     }
 }
 
-pin_project! {
-    /// Response body of [`Trace`]: records the status when the trailers pass.
-    pub(crate) struct TraceBody<B> {
-        #[pin]
-        inner: B,
-        call: Option<Call>,
-    }
-
-    impl<B> PinnedDrop for TraceBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
-        }
-    }
-}
-
-impl<B: Body> Body for TraceBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(code) = frame.trailers_ref().and_then(status_code)
-                    && let Some(call) = this.call.take()
-                {
-                    call.finish(code);
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(call) = this.call.take() {
-                    call.finish(Code::Internal);
-                }
-            }
-            None => {
-                if let Some(call) = this.call.take() {
-                    call.finish(Code::Ok);
-                }
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// Response body of [`Trace`]: records the status when the trailers pass.
+pub(crate) type TraceBody<B> = EndBody<B, Call>;
 
 #[cfg(test)]
 mod tests {

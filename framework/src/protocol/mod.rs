@@ -46,6 +46,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// The header that carries a call's deadline, relative to when it was sent.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
+pub(crate) mod end;
+
 const MAX_DIGITS: u64 = 99_999_999;
 
 /// Parses a `grpc-timeout` value such as `100m` or `5S`; `None` if malformed.

@@ -44,6 +44,7 @@ use crate::telemetry::LogFormat;
 /// --registry URL         where services register and find each other
 /// --log-format FORMAT    text or json
 /// --admin-listen ADDR    serve /metrics, /healthz, /readyz and the status page there
+/// --rest-listen ADDR     serve REST there instead of on the gRPC port
 /// -s, --set KEY=VALUE    any setting, such as shutdown.drain_timeout=30s
 /// -h, --help / -V, --version
 /// ```
@@ -179,6 +180,12 @@ impl App {
                     .help("Serve /metrics, /healthz, /readyz and the status page on HOST:PORT, apart from the gRPC port [default: off]"),
             )
             .arg(
+                Arg::new("rest-listen")
+                    .long("rest-listen")
+                    .value_name("ADDR")
+                    .help("Serve the REST routes on HOST:PORT instead of the gRPC port [default: the gRPC port]"),
+            )
+            .arg(
                 Arg::new("config")
                     .long("config")
                     .value_name("FILE")
@@ -271,6 +278,9 @@ impl Context {
             if let Some(value) = matches.get_one::<String>(key) {
                 flags.push((key.to_owned(), value.clone()));
             }
+        }
+        if let Some(value) = matches.get_one::<String>("rest-listen") {
+            flags.push(("rest.listen".to_owned(), value.clone()));
         }
         if let Some(value) = matches.get_one::<String>("admin-listen") {
             flags.push(("admin.listen".to_owned(), value.clone()));
@@ -383,6 +393,9 @@ impl Context {
         server = server.metrics(self.metrics.clone());
         if let Some(admin) = self.config.admin.listen {
             server = server.admin_listen(admin);
+        }
+        if let Some(rest) = self.config.rest.listen {
+            server = server.rest_listen(rest);
         }
         server
     }

@@ -37,6 +37,7 @@
 //! | `clients."SERVICE".methods.METHOD.timeout` | 10 s | `timeout = "500ms"` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.max_attempts` | 3 | `max_attempts = 1` | file only | file only |
 //! | `admin.listen` | off | `[admin] listen = "127.0.0.1:9090"` | `TRELLIS_ADMIN__LISTEN` | `--admin-listen` |
+//! | `rest.listen` | the gRPC port | `[rest] listen = "0.0.0.0:8080"` | `TRELLIS_REST__LISTEN` | `--rest-listen` |
 //! | `faults.delay` | `0s` | `[faults] delay = "50ms"` | `TRELLIS_FAULTS__DELAY` | `--set` |
 //! | `faults.unavailable` | `false` | `[faults] unavailable = true` | `TRELLIS_FAULTS__UNAVAILABLE` | `--set` |
 //! | `tls.cert`, `tls.key` | none (plaintext) | `[tls] cert = "svc.pem"` | `TRELLIS_TLS__CERT` | `--set` |
@@ -102,6 +103,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminConfig;
 use crate::client::ClientConfig;
 use crate::error::Error;
+use crate::gateway::RestConfig;
 use crate::registry::RegistryUrl;
 use crate::server::{FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
 use crate::telemetry::{LogConfig, TraceConfig};
@@ -144,6 +146,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The admin listener: metrics, health, readiness, status page.
     pub admin: AdminConfig,
+    /// Where REST is served: the gRPC port, or a listener of its own.
+    pub rest: RestConfig,
 }
 
 impl Default for Config {
@@ -161,6 +165,7 @@ impl Default for Config {
             faults: FaultsConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
+            rest: RestConfig::default(),
         }
     }
 }
@@ -181,6 +186,7 @@ impl Config {
         "faults",
         "tls",
         "admin",
+        "rest",
     ];
 }
 
@@ -317,6 +323,7 @@ impl Layers {
         check(self.check::<FaultsConfig>("faults"));
         check(self.check::<TlsConfig>("tls").and_then(|()| self.tls_problems()));
         check(self.check::<AdminConfig>("admin"));
+        check(self.check::<RestConfig>("rest"));
         Ok(problems)
     }
 
@@ -682,7 +689,7 @@ mod tests {
 
         let err = message(Layers::load(Some(&path), Vec::new(), Some(&["status"])).unwrap_err());
         assert!(err.starts_with("`payment` (from file"), "{err}");
-        assert!(err.ends_with("unknown section; expected one of `admin`, `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `server`, `shutdown`, `status`, `tls`, `trace`"), "{err}");
+        assert!(err.ends_with("unknown section; expected one of `admin`, `advertise`, `clients`, `faults`, `instance`, `listen`, `log`, `registry`, `rest`, `server`, `shutdown`, `status`, `tls`, `trace`"), "{err}");
     }
 
     #[test]

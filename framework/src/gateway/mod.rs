@@ -1,6 +1,7 @@
 //! REST/JSON from the same proto: the `google.api.http` routes that
 //! `trellis-build` checked, served on the gRPC port (cargo feature `rest`, on
-//! by default).
+//! by default), or on a listener of their own with `rest.listen`
+//! (`--rest-listen ADDR`, [`RestConfig`]).
 //!
 //! A request whose content type is not `application/grpc...` and whose
 //! method and path match a route is transcoded into a call to the same
@@ -58,6 +59,30 @@
 //! - **OpenAPI**: `GET /openapi.json` is an OpenAPI 3 document of every
 //!   route of the added services, from the ones `trellis-build` generates at
 //!   build time (`FOO_OPENAPI`).
+//! - **A separate listener**: with `rest.listen` set, the REST routes are
+//!   served there (HTTP/1.1 and HTTP/2, with the gRPC port's TLS settings)
+//!   and only there: the gRPC port then speaks HTTP/2 gRPC alone, and the
+//!   REST port answers anything that is not a route, gRPC calls included,
+//!   with a JSON 404. Both ports share the server's layers (one load-shedding
+//!   budget, one drain); only the gRPC port is registered.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where REST is served: the `[rest]` section.
+///
+/// ```toml
+/// [rest]
+/// listen = "0.0.0.0:8080"   # unset: REST on the gRPC port
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestConfig {
+    /// A listener of REST's own, `HOST:PORT` (port 0 picks one); unset, REST
+    /// shares the gRPC port.
+    pub listen: Option<SocketAddr>,
+}
 
 #[cfg(feature = "rest")]
 mod route;
@@ -144,12 +169,52 @@ pub(crate) fn fuzz_frames<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> Result<
     Ok(frames)
 }
 
+/// The gateway of the gRPC port and, when REST has a listener of its own
+/// (`separate`), that listener's: there the gRPC port passes every request
+/// on and the REST port answers routes only.
+///
+/// # Errors
+///
+/// When the services' descriptors or OpenAPI documents do not load, or a
+/// separate listener is asked for with no route to serve.
+#[cfg(feature = "rest")]
+pub(crate) fn layers(
+    services: &[&'static crate::descriptor::ServiceDescriptor],
+    separate: bool,
+) -> Result<(service::GatewayLayer, Option<service::GatewayLayer>), crate::error::Error> {
+    let gateway = layer(services)?;
+    if !separate {
+        return Ok((gateway, None));
+    }
+    if !gateway.has_routes() {
+        return Err(crate::error::Error::Config(
+            "`rest.listen` is set but no added service has a `google.api.http` route; annotate a method \
+             (see docs/rest.md) or unset `rest.listen`"
+                .to_owned(),
+        ));
+    }
+    Ok((gateway.grpc_only(), Some(gateway.rest_only())))
+}
+
+/// Without the `rest` feature there is no gateway: a layer that adds
+/// nothing, and no REST listener.
+///
+/// # Errors
+///
+/// When a separate REST listener is asked for.
 #[cfg(not(feature = "rest"))]
-/// Without the `rest` feature there is no gateway: a layer that adds nothing.
-pub(crate) fn layer(
+pub(crate) fn layers(
     _services: &[&'static crate::descriptor::ServiceDescriptor],
-) -> Result<tower_layer::Identity, crate::error::Error> {
-    Ok(tower_layer::Identity::new())
+    separate: bool,
+) -> Result<(tower_layer::Identity, Option<tower_layer::Identity>), crate::error::Error> {
+    if separate {
+        return Err(crate::error::Error::Config(
+            "`rest.listen` is set but Trellis was built without its `rest` feature; turn the feature on \
+             or unset `rest.listen`"
+                .to_owned(),
+        ));
+    }
+    Ok((tower_layer::Identity::new(), None))
 }
 
 #[cfg(feature = "rest")]
@@ -222,7 +287,10 @@ mod service {
         }
         let routes = Routes::new(services, &pool)?;
         let openapi = openapi(services)?;
-        Ok(GatewayLayer { routes: (!routes.is_empty()).then(|| Arc::new((routes, openapi))) })
+        Ok(GatewayLayer {
+            routes: (!routes.is_empty()).then(|| Arc::new((routes, openapi))),
+            rest_only: false,
+        })
     }
 
     /// One OpenAPI document for every added service's routes, from those
@@ -268,13 +336,31 @@ mod service {
     #[derive(Debug, Clone)]
     pub(crate) struct GatewayLayer {
         routes: Option<Arc<(Routes, Bytes)>>,
+        /// Every request is a REST one: nothing is passed on as gRPC.
+        rest_only: bool,
+    }
+
+    impl GatewayLayer {
+        pub(super) fn has_routes(&self) -> bool {
+            self.routes.is_some()
+        }
+
+        /// This gateway with no routes: every request passes on as gRPC.
+        pub(super) fn grpc_only(&self) -> Self {
+            GatewayLayer { routes: None, rest_only: false }
+        }
+
+        /// This gateway answering every request itself, as REST.
+        pub(super) fn rest_only(&self) -> Self {
+            GatewayLayer { routes: self.routes.clone(), rest_only: true }
+        }
     }
 
     impl<S> Layer<S> for GatewayLayer {
         type Service = Gateway<S>;
 
         fn layer(&self, inner: S) -> Gateway<S> {
-            Gateway { inner, routes: self.routes.clone() }
+            Gateway { inner, routes: self.routes.clone(), rest_only: self.rest_only }
         }
     }
 
@@ -283,6 +369,8 @@ mod service {
         inner: S,
         /// The routes, and the OpenAPI document that describes them.
         routes: Option<Arc<(Routes, Bytes)>>,
+        /// On a REST listener of its own: gRPC requests are not passed on.
+        rest_only: bool,
     }
 
     type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -336,7 +424,17 @@ mod service {
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/grpc"));
-            let Some(routes) = self.routes.clone().filter(|_| !is_grpc) else {
+            if self.rest_only && is_grpc {
+                let response = error_response(
+                    Code::Unimplemented,
+                    "this is the REST listener (`rest.listen`); call gRPC on the gRPC port",
+                    Some(StatusCode::NOT_FOUND),
+                );
+                return GatewayFuture::Rest {
+                    inner: Box::pin(std::future::ready(Ok(response.map(http_body_util::Either::Right)))),
+                };
+            }
+            let Some(routes) = self.routes.clone().filter(|_| self.rest_only || !is_grpc) else {
                 return GatewayFuture::Grpc { inner: self.inner.call(req) };
             };
             // The ready service goes with this call; a clone stays for the next.

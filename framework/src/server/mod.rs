@@ -89,6 +89,9 @@ const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// One listener's server, until it has drained.
+type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
 /// A call to the server's services, type-erased once where your layers are.
 pub type BoxServerService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
 
@@ -124,6 +127,7 @@ impl Server {
             tls: None,
             metrics: None,
             admin: None,
+            rest: None,
         }
     }
 }
@@ -149,6 +153,7 @@ pub struct ServerBuilder {
     tls: Option<TlsConfig>,
     metrics: Option<Metrics>,
     admin: Option<SocketAddr>,
+    rest: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -262,6 +267,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves the REST routes on `addr` instead of the gRPC port, with the
+    /// same layers and TLS settings (see [`crate::gateway`]); the gRPC port
+    /// then serves gRPC alone.
+    pub fn rest_listen(mut self, addr: SocketAddr) -> Self {
+        self.rest = Some(addr);
+        self
+    }
+
     pub(crate) fn shutdown_config(mut self, shutdown: ShutdownConfig) -> Self {
         self.shutdown = shutdown;
         self
@@ -342,13 +355,23 @@ impl ServerBuilder {
         }
         self.http2.check().map_err(Error::Config)?;
         let listener = Listener::bind(self.listen, self.tls.as_ref()).await?;
+        let rest = match self.rest {
+            Some(addr) => Some(Listener::bind(addr, self.tls.as_ref()).await.map_err(|err| match err {
+                Error::Bind { addr, source } => Error::Config(format!(
+                    "`rest.listen` {addr}: cannot listen: {source} (choose another address with \
+                     --rest-listen, or stop what holds it)"
+                )),
+                err => err,
+            })?),
+            None => None,
+        };
         let metrics =
             self.metrics.take().unwrap_or_else(|| Metrics::new("trellis-server", env!("CARGO_PKG_VERSION")));
         let admin = match self.admin {
             Some(addr) => Some(AdminServer::bind(addr, metrics.clone()).await?),
             None => None,
         };
-        Ok(BoundServer { builder: self, listener, metrics, admin })
+        Ok(BoundServer { builder: self, listener, rest, metrics, admin })
     }
 
     /// Binds and serves until the shutdown signal, then shuts down gracefully.
@@ -366,6 +389,8 @@ impl ServerBuilder {
 pub struct BoundServer {
     builder: ServerBuilder,
     listener: Listener,
+    /// REST's own listener, with `rest.listen`.
+    rest: Option<Listener>,
     metrics: Metrics,
     admin: Option<AdminServer>,
 }
@@ -374,6 +399,11 @@ impl BoundServer {
     /// The address the server listens on, with the real port when 0 was asked.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// The address of REST's own listener, if one was asked for.
+    pub fn rest_addr(&self) -> Option<SocketAddr> {
+        self.rest.as_ref().map(Listener::local_addr)
     }
 
     /// The address of the admin listener, if one was asked for.
@@ -393,7 +423,7 @@ impl BoundServer {
     ///
     /// When the server fails while serving.
     pub async fn serve(self) -> Result<(), Error> {
-        let BoundServer { builder, listener, metrics, admin } = self;
+        let BoundServer { builder, listener, rest, metrics, admin } = self;
         let admin_addr = admin.as_ref().map(AdminServer::local_addr);
         let board = metrics.board();
         let local_addr = listener.local_addr();
@@ -435,9 +465,11 @@ impl BoundServer {
             .add_service(reflection(&services).build_v1alpha().map_err(|e| Error::Serve(e.into()))?);
 
         let drain = CancellationToken::new();
+        // REST/JSON transcoding (framework/src/gateway), outermost: its calls take every layer
+        // below. With a REST listener of its own, the gRPC port's gateway passes everything on.
+        let (grpc_gateway, rest_gateway) = crate::gateway::layers(&services, rest.is_some())?;
+        // One set of layers for both ports: one load-shedding budget, one drain.
         let layers = ServiceBuilder::new()
-            // REST/JSON transcoding (framework/src/gateway), outermost: its calls take every layer below.
-            .layer(crate::gateway::layer(&services)?)
             .layer(trace::TraceLayer::new(access_log))
             .layer(metrics::MetricsLayer::new(&metrics, &services))
             .layer(drain::DrainLayer::new(streaming_paths(&services), drain.clone()))
@@ -459,14 +491,17 @@ impl BoundServer {
             );
 
         let idle_timeout = http2.idle_timeout;
-        // Every HTTP/2 limit set explicitly (framework/src/server/limits.rs).
-        let router = http2
-            .apply(tonic::transport::Server::builder())
-            .accept_http1(true) // REST over HTTP/1.1 (framework/src/gateway)
-            .layer(layers)
-            .add_routes(routes.routes());
-        let stop = drain.clone().cancelled_owned();
-        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        let routes = routes.routes();
+        // Every HTTP/2 limit set explicitly (framework/src/server/limits.rs); HTTP/1.1 where REST is.
+        let router = |gateway, http1: bool| {
+            http2
+                .apply(tonic::transport::Server::builder())
+                .accept_http1(http1)
+                .layer(ServiceBuilder::new().layer(gateway).layer(layers.clone()))
+                .add_routes(routes.clone())
+        };
+        let serve_on = |router: tonic::transport::server::Router<_>, listener: Listener| -> ServeFuture {
+            let stop = drain.clone().cancelled_owned();
             match listener.incoming() {
                 Incoming::Plain(incoming) => {
                     let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
@@ -481,7 +516,17 @@ impl BoundServer {
                     });
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
                 }
-            };
+            }
+        };
+        let rest_addr = rest.as_ref().map(Listener::local_addr);
+        let grpc = serve_on(router(grpc_gateway, rest.is_none()), listener);
+        let server: ServeFuture = match rest.zip(rest_gateway) {
+            Some((rest, gateway)) => {
+                let rest = serve_on(router(gateway, true), rest);
+                Box::pin(async move { tokio::try_join!(grpc, rest).map(|((), ())| ()) })
+            }
+            None => grpc,
+        };
         tokio::pin!(server);
 
         set_status(&health, &services, ServingStatus::Serving).await;
@@ -493,9 +538,13 @@ impl BoundServer {
             endpoint: endpoint.to_string(),
             registered: false,
         });
-        match admin_addr {
-            Some(admin) => tracing::info!(addr = %local_addr, %admin, services = ?names, "listening"),
-            None => tracing::info!(addr = %local_addr, services = ?names, "listening"),
+        match (admin_addr, rest_addr) {
+            (Some(admin), Some(rest)) => {
+                tracing::info!(addr = %local_addr, %rest, %admin, services = ?names, "listening");
+            }
+            (Some(admin), None) => tracing::info!(addr = %local_addr, %admin, services = ?names, "listening"),
+            (None, Some(rest)) => tracing::info!(addr = %local_addr, %rest, services = ?names, "listening"),
+            (None, None) => tracing::info!(addr = %local_addr, services = ?names, "listening"),
         }
 
         let mut leases = Vec::new();

@@ -64,6 +64,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+mod listen;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Top-level modules by floor, lowest first.
 const FLOORS: &[&[&str]] = &[
-    &["error", "protocol", "descriptor", "context", "duration", "secret"],
+    &["error", "protocol", "descriptor", "context", "duration", "listen", "secret"],
     &["registry", "telemetry", "metrics"],
     &["transport", "gateway", "admin"],
     &["client", "server"],

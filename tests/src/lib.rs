@@ -140,6 +140,7 @@ pub struct Service {
     name: String,
     child: Child,
     addr: std::net::SocketAddr,
+    rest: Option<std::net::SocketAddr>,
     logs: mpsc::UnboundedReceiver<serde_json::Value>,
 }
 
@@ -176,23 +177,29 @@ impl Service {
                 }
             }
         });
-        let addr = tokio::time::timeout(START_TIMEOUT, async {
+        let (addr, rest) = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = logs.recv().await {
                 if line["message"] == "listening" {
                     let addr = line["addr"].as_str().expect("addr field");
-                    return addr.parse().expect("socket address");
+                    let rest = line["rest"].as_str().map(|rest| rest.parse().expect("REST address"));
+                    return (addr.parse().expect("socket address"), rest);
                 }
             }
             panic!("{name} exited before listening");
         })
         .await
         .unwrap_or_else(|_| panic!("{name} did not start listening within {START_TIMEOUT:?}"));
-        Service { name: name.to_owned(), child, addr, logs }
+        Service { name: name.to_owned(), child, addr, rest, logs }
     }
 
     /// Where the service listens.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// Where REST listens when it has a listener of its own (`--rest-listen`).
+    pub fn rest_addr(&self) -> Option<std::net::SocketAddr> {
+        self.rest
     }
 
     /// The process id, to read its memory from `/proc`.

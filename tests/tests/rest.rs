@@ -154,12 +154,17 @@ impl Got {
     }
 }
 
-/// Runs `curl -s -i ARGS URL`.
+/// Runs `curl -s -i ARGS http://ADDR/PATH`.
 async fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> Got {
+    curl_url(&format!("http://{addr}{path}"), args).await
+}
+
+/// Runs `curl -s -i ARGS URL`.
+async fn curl_url(url: &str, args: &[&str]) -> Got {
     let output = Command::new("curl")
         .args(["-s", "-i", "--max-time", "10"])
         .args(args)
-        .arg(format!("http://{addr}{path}"))
+        .arg(url)
         .output()
         .await
         .expect("curl runs (apt-get install curl)");
@@ -336,6 +341,77 @@ async fn grpc_still_works_on_the_same_port() {
         .into_inner();
     let ids: Vec<i64> = stream.map(|b| b.expect("book").id).collect().await;
     assert_eq!(ids, [0, 1, 2]);
+}
+
+#[tokio::test]
+async fn rest_listen_moves_rest_to_a_port_of_its_own() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = trellis::Server::builder()
+        .add_service(LibraryServer::new(Books))
+        .rest_listen("127.0.0.1:0".parse().expect("addr"))
+        .propagation_delay(Duration::ZERO)
+        .shutdown_signal(async {
+            let _ = stopped.await;
+        })
+        .bind()
+        .await
+        .expect("bind");
+    let (grpc, rest) = (server.local_addr(), server.rest_addr().expect("a REST listener"));
+    assert_ne!(grpc, rest);
+    let serving = tokio::spawn(server.serve());
+
+    // REST on its own port, HTTP/1.1 and HTTP/2, with the OpenAPI document.
+    let got = curl(rest, "/v1/books/7", &[]).await;
+    assert_eq!((got.status, got.json()), (200, serde_json::json!({ "id": "7", "title": "|" })), "{got:?}");
+    let got = curl(rest, "/v1/books/8", &["--http2-prior-knowledge"]).await;
+    assert_eq!((got.status, got.json()["id"].as_str()), (200, Some("8")), "{got:?}");
+    assert_eq!(curl(rest, "/openapi.json", &[]).await.status, 200);
+
+    // gRPC on the gRPC port; the gRPC port no longer speaks REST or HTTP/1.1.
+    let registry = trellis::Registry::from_url(&format!("static://trellis.test.rest.v1.Library={grpc}"))
+        .expect("registry");
+    let mut client = LibraryClient::discover(&registry).expect("discover");
+    let book = client.get_book(GetBookRequest { name: "n".into(), id: 1 }).await.expect("grpc").into_inner();
+    assert_eq!(book.title, "n|");
+    let got = curl(grpc, "/v1/books/7", &["--http2-prior-knowledge"]).await;
+    assert!(
+        got.headers.contains("content-type: application/grpc") && got.headers.contains("grpc-status: 12"),
+        "REST answered on the gRPC port, not gRPC's UNIMPLEMENTED: {got:?}"
+    );
+    let http1 = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .arg(format!("http://{grpc}/v1/books/7"))
+        .output()
+        .await
+        .expect("curl runs");
+    assert_ne!(String::from_utf8_lossy(&http1.stdout), "200", "HTTP/1.1 answered on the gRPC port");
+
+    // A gRPC call sent to the REST port is told where gRPC is.
+    let registry = trellis::Registry::from_url(&format!("static://trellis.test.rest.v1.Library={rest}"))
+        .expect("registry");
+    let mut lost = LibraryClient::discover(&registry).expect("discover");
+    let err = lost.get_book(GetBookRequest { name: "n".into(), id: 1 }).await.expect_err("not gRPC here");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert!(err.message().contains("rest.listen"), "{err:?}");
+
+    let _ = stop.send(());
+    serving.await.expect("joins").expect("drains cleanly");
+}
+
+#[tokio::test]
+async fn rest_listen_without_rest_routes_is_refused_before_serving() {
+    use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
+    let err = trellis::Server::builder()
+        .add_service(EchoServer::new(trellis_tests::EchoService))
+        .rest_listen("127.0.0.1:0".parse().expect("addr"))
+        .bind()
+        .await
+        .expect("binds")
+        .serve()
+        .await
+        .expect_err("no routes to serve");
+    let text = err.to_string();
+    assert!(text.contains("rest.listen") && text.contains("google.api.http"), "{text}");
 }
 
 #[tokio::test]

@@ -557,8 +557,12 @@ async fn the_order_services_call_each_other_over_mutual_tls_from_their_config() 
         &["--registry", &url, "--config", &config(&shipping_config), "--set", &db("shipping", "s.sqlite3")],
     )
     .await;
-    let _status =
-        Service::start("order-status", &["--registry", &url, "--config", &config(&status_config)]).await;
+    // order-status serves REST on a port of its own, over the same mutual TLS.
+    let status_service = Service::start(
+        "order-status",
+        &["--registry", &url, "--config", &config(&status_config), "--rest-listen", "127.0.0.1:0"],
+    )
+    .await;
 
     let registry = Registry::from_url(&url).expect("registry");
     let tester = files.pair("tester", &ca.leaf(&["spiffe://test/tester"], false));
@@ -575,6 +579,27 @@ async fn the_order_services_call_each_other_over_mutual_tls_from_their_config() 
     // order-status calls payment and shipping over mutual TLS, as itself.
     let report = status.get_status(GetStatusRequest { order_id: "o-1".to_owned() }).await.expect("status");
     assert_eq!(report.into_inner().state(), OrderState::Paid);
+
+    // curl, with its own TLS stack, reads the same status over REST with the
+    // tester's certificate, and is refused without one.
+    let rest = status_service.rest_addr().expect("order-status has a REST listener");
+    let url = format!("https://{rest}/v1/orders/o-1/status");
+    let curl = |identity: bool| {
+        let mut command = std::process::Command::new("curl");
+        command.args(["-s", "--max-time", "10", "--cacert"]).arg(&ca_file);
+        if identity {
+            command.arg("--cert").arg(&tester.0).arg("--key").arg(&tester.1);
+        }
+        command.arg(&url).output().expect("curl runs (apt-get install curl)")
+    };
+    let got = curl(true);
+    let body = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        got.status.success() && body.contains("\"ORDER_STATE_PAID\""),
+        "REST over mutual TLS: {body} {got:?}"
+    );
+    let refused = curl(false);
+    assert!(!refused.status.success(), "REST without a client certificate succeeded: {refused:?}");
 
     // Another identity of the same CA is not on payment's list.
     let intruder = files.pair("intruder", &ca.leaf(&["spiffe://test/intruder"], false));

@@ -52,6 +52,7 @@ const STATUS_PAGE: &str = include_str!("status.html");
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the admin listener listens, `HOST:PORT` (port 0 picks one).
+    #[serde(with = "crate::listen::optional")]
     pub listen: Option<SocketAddr>,
 }
 

@@ -117,7 +117,7 @@ pub const ENV_PREFIX: &str = "TRELLIS_";
 #[serde(default)]
 pub struct Config {
     /// Where the server listens; port 0 picks a free port.
-    #[serde(with = "listen_addr")]
+    #[serde(with = "crate::listen")]
     pub listen: SocketAddr,
     /// The registry URL: where services register and find each other.
     /// Shown with its secrets (a password, `token=`) redacted.
@@ -463,7 +463,7 @@ fn file(path: &Path) -> Result<figment::providers::Data<Toml>, Error> {
 #[derive(Deserialize)]
 #[expect(dead_code, reason = "only deserialized, to check the value")]
 #[serde(transparent)]
-struct Listen(#[serde(with = "listen_addr")] SocketAddr);
+struct Listen(#[serde(with = "crate::listen")] SocketAddr);
 
 /// A flag's value: a TOML scalar (`5`, `true`) when it parses as one,
 /// otherwise the string as given.
@@ -517,29 +517,6 @@ fn source(meta: Option<&figment::Metadata>, path: &[String]) -> String {
             _ => "the command line".to_owned(),
         },
         None => "the command line".to_owned(),
-    }
-}
-
-mod listen_addr {
-    use std::net::{SocketAddr, ToSocketAddrs};
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(addr)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-        let raw = String::deserialize(d)?;
-        if let Ok(addr) = raw.parse() {
-            return Ok(addr);
-        }
-        raw.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{raw}` is not an address to listen on; expected HOST:PORT such as \
-                 127.0.0.1:50051, 0.0.0.0:8080 or [::]:0 (port 0 picks a free port)"
-            ))
-        })
     }
 }
 
@@ -779,6 +756,22 @@ mod tests {
         let config = load("[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nreload_interval = \"1s\"\n").unwrap();
         assert_eq!(config.tls.reload_interval, Duration::from_secs(1));
         assert!(config.tls.serves_tls());
+    }
+
+    #[test]
+    fn rest_listen_is_an_address_and_nothing_else() {
+        let config = load("[rest]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        assert_eq!(config.rest.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(load("").unwrap().rest.listen, None, "REST shares the gRPC port by default");
+        let err = message(
+            Layers::load(None, flags(&[("rest.listen", "localhost")]), None)
+                .and_then(|layers| layers.config())
+                .unwrap_err(),
+        );
+        assert!(err.starts_with("`rest.listen` (from the command line)"), "{err}");
+        assert!(err.contains("localhost"), "{err}");
+        let err = message(load("[rest]\nlisen = \"127.0.0.1:1\"\n").unwrap_err());
+        assert!(err.contains("did you mean `listen`?"), "{err}");
     }
 
     #[test]

@@ -62,9 +62,10 @@
 //! - **A separate listener**: with `rest.listen` set, the REST routes are
 //!   served there (HTTP/1.1 and HTTP/2, with the gRPC port's TLS settings)
 //!   and only there: the gRPC port then speaks HTTP/2 gRPC alone, and the
-//!   REST port answers anything that is not a route, gRPC calls included,
-//!   with a JSON 404. Both ports share the server's layers (one load-shedding
-//!   budget, one drain); only the gRPC port is registered.
+//!   REST port answers a path that is not a route with a JSON 404 and a gRPC
+//!   call with `UNIMPLEMENTED` saying where gRPC is. Both ports share the
+//!   server's layers (one load-shedding budget, one drain); only the gRPC
+//!   port is registered.
 
 use std::net::SocketAddr;
 
@@ -81,6 +82,7 @@ use serde::{Deserialize, Serialize};
 pub struct RestConfig {
     /// A listener of REST's own, `HOST:PORT` (port 0 picks one); unset, REST
     /// shares the gRPC port.
+    #[serde(with = "crate::listen::optional")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -425,11 +427,11 @@ mod service {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/grpc"));
             if self.rest_only && is_grpc {
-                let response = error_response(
-                    Code::Unimplemented,
+                // Answered in gRPC, so the caller's stub shows where to go.
+                let response = tonic::Status::unimplemented(
                     "this is the REST listener (`rest.listen`); call gRPC on the gRPC port",
-                    Some(StatusCode::NOT_FOUND),
-                );
+                )
+                .into_http::<Body>();
                 return GatewayFuture::Rest {
                     inner: Box::pin(std::future::ready(Ok(response.map(http_body_util::Either::Right)))),
                 };

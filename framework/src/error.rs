@@ -185,13 +185,17 @@ pub enum CallError {
         method: String,
     },
 
-    /// The request body could not be read. `INTERNAL`.
+    /// The request could not be encoded or read: the encoder's code
+    /// (`OUT_OF_RANGE` for a message over `max_encoding_size`), else
+    /// `INTERNAL`.
     #[error("{method}: request body: {reason}")]
     RequestBody {
         /// The method's path.
         method: String,
-        /// Why.
+        /// Why, and the fix where there is one.
         reason: String,
+        /// The code the call fails with.
+        code: tonic::Code,
     },
 }
 
@@ -234,7 +238,8 @@ impl CallError {
             | CallError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             CallError::Unavailable { status, .. } => status.code(),
             CallError::NotRetried { last, .. } => last.code(),
-            CallError::NotReplayable { .. } | CallError::RequestBody { .. } => Code::Internal,
+            CallError::NotReplayable { .. } => Code::Internal,
+            CallError::RequestBody { code, .. } => *code,
         }
     }
 

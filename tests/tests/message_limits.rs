@@ -55,13 +55,19 @@ async fn a_client_applies_its_configured_limits() {
     client.unary(request(4_000)).await.expect("under both limits");
     let status = client.unary(request(12_000)).await.expect_err("the reply is over 8 KiB");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    // The encoder refuses it while the retry layer buffers the request
-    // (to send it again), which reports INTERNAL, naming the limit.
+    // The encoder refuses it while the retry layer buffers the request (to
+    // send it again): OUT_OF_RANGE, naming the limit and the setting.
     let status = client.unary(request(20_000)).await.expect_err("the request is over 16 KiB");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("the limit is: 16384 bytes"), "{status:?}");
+    assert!(
+        status.message().contains(&format!("`clients.\"{}\".max_encoding_size`", ECHO_DESCRIPTOR.name())),
+        "{status:?}"
+    );
 
     // By default, 4 MiB each way, sending included (tonic alone sends any size).
     let mut plain = EchoClient::discover(&registry).expect("client");
     let status = plain.unary(request(5 * 1024 * 1024)).await.expect_err("over 4 MiB");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("the limit is: 4194304 bytes"), "{status:?}");
 }

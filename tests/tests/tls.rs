@@ -460,6 +460,43 @@ async fn a_client_that_stalls_its_handshake_is_closed_at_the_handshake_timeout()
     assert_eq!(unary(&mut client(&registry, client_tls(&ca_file, None))).await.expect("call"), "anonymous");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_max_handshakes_are_closed_at_once_and_service_resumes() {
+    use tokio::io::AsyncReadExt;
+    let files = Files::new();
+    let ca = Ca::new("test CA");
+    let ca_file = files.write("ca.pem", &ca.pem);
+    let server = files.pair("server", &ca.leaf(&["127.0.0.1"], false));
+    let registry = files.registry();
+    let mut tls = server_tls(&server, None);
+    tls.handshake_timeout = Duration::from_secs(2);
+    tls.max_handshakes = 3;
+    let (addr, _stop) = serve(tls, &registry).await;
+
+    // Three connections that never say hello hold every handshake permit.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next ones are closed at once, long before the handshake timeout.
+    for _ in 0..5 {
+        let started = tokio::time::Instant::now();
+        let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a connection past the cap was kept: {read:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "closed after {:?}", started.elapsed());
+    }
+    // Once the stalled ones time out, their permits return and calls are served.
+    for mut conn in stalled {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a stalled connection was kept: {read:?}");
+    }
+    assert_eq!(unary(&mut client(&registry, client_tls(&ca_file, None))).await.expect("call"), "anonymous");
+}
+
 /// Calls `grpc.health.v1.Health/Check` with Python's grpcio (its own TLS
 /// stack, BoringSSL) and prints `OK <status>` or `ERROR <code> <details>`.
 const GRPCIO_CLIENT: &str = r#"

@@ -46,6 +46,7 @@
 //! | `tls.server_name` | each instance's host | `[tls] server_name = "payments.internal"` | `TRELLIS_TLS__SERVER_NAME` | `--set` |
 //! | `tls.allow."SERVICE"` | any verified client | `[tls.allow] "pkg.Svc" = ["spiffe://..."]` | file only | file only |
 //! | `tls.handshake_timeout` | `10s` (100ms to 60s) | `[tls] handshake_timeout = "5s"` | `TRELLIS_TLS__HANDSHAKE_TIMEOUT` | `--set` |
+//! | `tls.max_handshakes` | `256` (1 to 65536) | `[tls] max_handshakes = 64` | `TRELLIS_TLS__MAX_HANDSHAKES` | `--set` |
 //! | `tls.reload_interval` | `10s` (100ms to 1h) | `[tls] reload_interval = "1m"` | `TRELLIS_TLS__RELOAD_INTERVAL` | `--set` |
 //!
 //! The ranges of the `server.http2`, `server.messages` and message size
@@ -753,6 +754,12 @@ mod tests {
         let from = format!("(from file `{}`)", path.display());
         assert!(err.contains("`tls.key` is missing") && err.contains(&from), "{err}");
         assert!(err.contains("`tls.allow` is set but `tls.client_ca` is not"), "{err}");
+        let err = message(load("[tls]\nmax_handshakes = 0\n").unwrap_err());
+        assert!(
+            err.contains("`tls.max_handshakes`")
+                && err.ends_with("0 is out of range; expected a whole number from 1 to 65536"),
+            "{err}"
+        );
         let config = load("[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nreload_interval = \"1s\"\n").unwrap();
         assert_eq!(config.tls.reload_interval, Duration::from_secs(1));
         assert!(config.tls.serves_tls());

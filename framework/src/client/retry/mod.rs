@@ -229,6 +229,23 @@ impl Kept {
     }
 }
 
+/// Why the request could not be buffered: the encoder's status, with the
+/// setting to change when the message is over the size limit.
+fn request_body_error(method: &str, status: &tonic::Status) -> CallError {
+    let code = match status.code() {
+        tonic::Code::Ok | tonic::Code::Unknown => tonic::Code::Internal,
+        code => code,
+    };
+    let mut reason = status.message().to_owned();
+    if code == tonic::Code::OutOfRange {
+        let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();
+        reason.push_str(&format!(
+            "; send a smaller request, or raise `clients.\"{service}\".max_encoding_size`"
+        ));
+    }
+    CallError::RequestBody { method: method.to_owned(), reason, code }
+}
+
 /// Sends the call, and again to other endpoints where that is safe.
 async fn attempts<S>(
     shared: Arc<Shared>,
@@ -243,10 +260,7 @@ where
     let (mut parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
-        Err(err) => {
-            let method = parts.uri.path().to_owned();
-            return Err(CallError::RequestBody { method, reason: err.to_string() }.into());
-        }
+        Err(status) => return Err(request_body_error(parts.uri.path(), &status).into()),
     };
     // A key set in code wins over the proto's hash_key field.
     if let (None, Some(field)) = (parts.extensions.get::<HashKey>(), policy.hash_key)

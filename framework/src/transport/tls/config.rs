@@ -11,6 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// The default bound on one TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default bound on TLS handshakes in flight at once, per listener.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+/// The accepted range of `tls.max_handshakes`.
+pub const MAX_HANDSHAKES_RANGE: (usize, usize) = (1, 65_536);
 /// The default interval between checks of the certificate files.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -53,6 +57,11 @@ pub struct TlsConfig {
     /// How long a TLS handshake may take before the connection is closed.
     #[serde(deserialize_with = "handshake_timeout", serialize_with = "crate::duration::serialize")]
     pub handshake_timeout: Duration,
+    /// How many TLS handshakes one listener runs at once; a connection that
+    /// arrives when that many are in flight is closed at once, so a flood of
+    /// slow handshakes costs bounded memory and CPU.
+    #[serde(deserialize_with = "max_handshakes")]
+    pub max_handshakes: usize,
     /// How often the certificate, key and CA files are checked for changes.
     #[serde(deserialize_with = "reload_interval", serialize_with = "crate::duration::serialize")]
     pub reload_interval: Duration,
@@ -68,6 +77,7 @@ impl Default for TlsConfig {
             server_name: None,
             allow: BTreeMap::new(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
         }
     }
@@ -154,6 +164,16 @@ fn bounded<'de, D: Deserializer<'de>>(d: D, range: (Duration, Duration)) -> Resu
 
 fn handshake_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     bounded(d, HANDSHAKE_TIMEOUT_RANGE)
+}
+
+fn max_handshakes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let value = u64::deserialize(d)?;
+    let (low, high) = MAX_HANDSHAKES_RANGE;
+    usize::try_from(value).ok().filter(|v| (low..=high).contains(v)).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{value} is out of range; expected a whole number from {low} to {high}"
+        ))
+    })
 }
 
 fn reload_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

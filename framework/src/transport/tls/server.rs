@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_core::Stream;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
@@ -58,8 +58,12 @@ impl TlsServer {
     /// dropped.
     pub(crate) fn incoming(self, listener: TcpListener) -> TlsIncoming {
         let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
-        let accept =
-            tokio::spawn(accept(listener, self.current.clone(), self.settings.handshake_timeout, tx));
+        let handshakes = Handshakes {
+            timeout: self.settings.handshake_timeout,
+            in_flight: Arc::new(Semaphore::new(self.settings.max_handshakes)),
+            refused: 0,
+        };
+        let accept = tokio::spawn(accept(listener, self.current.clone(), handshakes, tx));
         let reload = tokio::spawn(reload(self.settings, self.current));
         TlsIncoming { rx, _tasks: [AbortOnDrop(accept), AbortOnDrop(reload)] }
     }
@@ -101,12 +105,22 @@ impl ResolvesServerCert for Fixed {
     }
 }
 
+/// The bounds on one listener's handshakes: how long each, how many at once.
+struct Handshakes {
+    timeout: Duration,
+    /// A permit per handshake in flight (`tls.max_handshakes`).
+    in_flight: Arc<Semaphore>,
+    /// Connections closed because every permit was taken.
+    refused: u64,
+}
+
 async fn accept(
     listener: TcpListener,
     current: Arc<RwLock<Arc<ServerConfig>>>,
-    handshake_timeout: Duration,
+    mut handshakes: Handshakes,
     tx: mpsc::Sender<TlsStream<TcpStream>>,
 ) {
+    let handshake_timeout = handshakes.timeout;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -121,10 +135,25 @@ async fn accept(
                 continue;
             }
         };
+        let Ok(permit) = handshakes.in_flight.clone().try_acquire_owned() else {
+            // Closed at once: a flood of handshakes waits on no one's memory.
+            // Logged at the 1st, 2nd, 4th, 8th... refusal, so it cannot flood the log.
+            handshakes.refused += 1;
+            if handshakes.refused.is_power_of_two() {
+                tracing::warn!(
+                    %peer,
+                    refused = handshakes.refused,
+                    "connection closed: `tls.max_handshakes` TLS handshakes already in flight"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let config = current.read().unwrap_or_else(PoisonError::into_inner).clone();
         let tx = tx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let _ = tx.send(stream).await;

@@ -278,6 +278,39 @@ async fn an_outage_keeps_the_last_instances_and_is_logged_once(mut setup: Setup)
     wait_for(setup.name, &mut resolution, STEP, |now| ports(now) == expected && !now.is_empty()).await;
 }
 
+/// A registry that answers without changes keeps the resolution's heartbeat
+/// fresh (what `trellis_client_registry_answer_age_seconds` reports); while
+/// it cannot be reached, the heartbeat ages.
+async fn a_quiet_registry_keeps_its_heartbeat(mut setup: Setup) {
+    let registry = setup.registry();
+    let (service, expected) = match setup.control {
+        Control::Dns(_) => ("any.v1.Any", BTreeSet::from([DNS_PORT])),
+        _ => (SERVICE, BTreeSet::from([7001])),
+    };
+    let _lease = match setup.control {
+        Control::Dns(_) | Control::Static => None,
+        _ => Some(registry.register(instance(7001)).await.expect("register")),
+    };
+    let mut resolution = registry.resolve(service).await.expect("resolve");
+    if let Control::Static = setup.control {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(resolution.heartbeat().age(), Duration::ZERO, "a fixed list is always current");
+        return;
+    }
+    wait_for(setup.name, &mut resolution, STEP, |now| ports(now) == expected && !now.is_empty()).await;
+    // Longer than the slowest backend's quiet answer (etcd's progress
+    // request, Consul's 5 s blocking query), with nothing changing.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let quiet = resolution.heartbeat().age();
+    assert!(quiet < Duration::from_millis(5_500), "{}: last answer {quiet:?} ago", setup.name);
+
+    setup.break_it().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let down = resolution.heartbeat().age();
+    assert!(down > Duration::from_millis(500), "{}: unreachable, yet answered {down:?} ago", setup.name);
+    assert!(down > quiet, "{}: the heartbeat ages while unreachable ({quiet:?} -> {down:?})", setup.name);
+}
+
 async fn flapping_instances_settle(setup: Setup) {
     let registry = setup.registry();
     let mut resolution = registry.resolve(SERVICE).await.expect("resolve");
@@ -393,19 +426,25 @@ contract!(local:
     register_then_deregister,
     a_killed_registrant_expires_within_its_lease,
     an_outage_keeps_the_last_instances_and_is_logged_once,
+    a_quiet_registry_keeps_its_heartbeat,
     flapping_instances_settle,
     a_malformed_entry_is_skipped_with_one_warning,
 );
 
-contract!(fixed: registering_in_a_read_only_registry_changes_nothing);
+contract!(fixed: registering_in_a_read_only_registry_changes_nothing, a_quiet_registry_keeps_its_heartbeat);
 
-contract!(dns: registering_in_a_read_only_registry_changes_nothing, an_outage_keeps_the_last_instances_and_is_logged_once);
+contract!(dns:
+    registering_in_a_read_only_registry_changes_nothing,
+    an_outage_keeps_the_last_instances_and_is_logged_once,
+    a_quiet_registry_keeps_its_heartbeat,
+);
 
 #[cfg(feature = "etcd")]
 contract!(etcd:
     register_then_deregister,
     a_killed_registrant_expires_within_its_lease,
     an_outage_keeps_the_last_instances_and_is_logged_once,
+    a_quiet_registry_keeps_its_heartbeat,
     flapping_instances_settle,
     a_malformed_entry_is_skipped_with_one_warning,
 );
@@ -415,6 +454,7 @@ contract!(consul:
     register_then_deregister,
     a_killed_registrant_expires_within_its_lease,
     an_outage_keeps_the_last_instances_and_is_logged_once,
+    a_quiet_registry_keeps_its_heartbeat,
     flapping_instances_settle,
     an_index_that_goes_backwards_is_read_anew,
     a_malformed_entry_is_skipped_with_one_warning,
@@ -425,6 +465,7 @@ contract!(eureka:
     register_then_deregister,
     a_killed_registrant_expires_within_its_lease,
     an_outage_keeps_the_last_instances_and_is_logged_once,
+    a_quiet_registry_keeps_its_heartbeat,
     flapping_instances_settle,
     a_malformed_entry_is_skipped_with_one_warning,
 );

@@ -20,7 +20,6 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -41,6 +40,7 @@ use crate::metrics::{
     TransitionLabels, code_name,
 };
 use crate::protocol::end::{CallEnd, EndBody, Ending};
+use crate::registry::Heartbeat;
 
 /// The kind of an attempt.
 #[derive(Debug, Clone, Copy)]
@@ -91,9 +91,8 @@ pub(crate) struct ServiceMetrics {
     ejections: [Counter; 2],
     discovery_updates: Counter,
     unsent: [Counter; 3],
-    /// When the registry last answered: nanoseconds after `epoch`, plus 1 (0: never).
-    registry_answered: AtomicU64,
-    epoch: Instant,
+    /// When the registry last answered, once the first resolution is in.
+    registry: OnceLock<Heartbeat>,
 }
 
 impl Default for ServiceMetrics {
@@ -107,8 +106,7 @@ impl Default for ServiceMetrics {
             ejections: Default::default(),
             discovery_updates: Counter::default(),
             unsent: Default::default(),
-            registry_answered: AtomicU64::new(0),
-            epoch: Instant::now(),
+            registry: OnceLock::new(),
         }
     }
 }
@@ -129,8 +127,7 @@ impl ServiceMetrics {
             ejections: [ejection("failures"), ejection("latency")],
             discovery_updates: c.discovery_updates.get_or_create_owned(&ServiceLabels { service }),
             unsent: [unsent("deadline_passed"), unsent("no_instance"), unsent("circuit_open")],
-            registry_answered: AtomicU64::new(0),
-            epoch: Instant::now(),
+            registry: OnceLock::new(),
         }
     }
 
@@ -156,19 +153,20 @@ impl ServiceMetrics {
         self.ejections[why as usize].inc();
     }
 
-    /// The registry answered: its first resolution, or a change.
-    pub(crate) fn registry_answered(&self, changes: u64) {
+    /// The registry's first resolution is in: its heartbeat tells how long
+    /// ago the registry last answered.
+    pub(crate) fn resolved(&self, heartbeat: Heartbeat) {
+        let _ = self.registry.set(heartbeat);
+    }
+
+    /// The registry reported `changes` endpoint changes.
+    pub(crate) fn discovery_updated(&self, changes: u64) {
         self.discovery_updates.inc_by(changes);
-        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.registry_answered.store(ns + 1, Ordering::Relaxed);
     }
 
     /// Seconds since the registry last answered, if it has.
     pub(crate) fn registry_answer_age(&self) -> Option<f64> {
-        match self.registry_answered.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some((self.epoch.elapsed().as_nanos() as f64 - (at - 1) as f64).max(0.0) / 1e9),
-        }
+        self.registry.get().map(|heartbeat| heartbeat.age().as_secs_f64())
     }
 
     /// The transition counters of `method`'s breaker.

@@ -288,7 +288,7 @@ impl Collector for BoardCollector {
         let mut answered = family(
             &mut encoder,
             "trellis_client_registry_answer_age_seconds",
-            "Seconds since the registry last answered for a target service (its first answer or an update)",
+            "Seconds since the registry last answered for a target service, changes or not (a poll, a watch event or progress answer)",
         )?;
         for channel in &channels {
             if let Some(age) = channel.registry_answered_seconds_ago {

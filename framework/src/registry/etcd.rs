@@ -29,7 +29,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::poll::{KEEPING, OutageLog, publish};
-use super::types::{AbortOnDrop, Backend, BoxFuture, DEFAULT_TTL, Instance, Lease, Resolution, unreachable};
+use super::types::{
+    AbortOnDrop, Backend, BoxFuture, DEFAULT_TTL, Heartbeat, Instance, Lease, Resolution, unreachable,
+};
 use super::url::{Target, parse_endpoint};
 use crate::error::Error;
 
@@ -57,6 +59,12 @@ const REVOKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The pause between two attempts of a request.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often a quiet watch asks etcd for a progress answer, so the
+/// resolution's heartbeat stays fresh without changes and a watch whose
+/// member stopped answering is noticed: after three unanswered requests it
+/// is read and watched anew.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The first and the longest pause before a resolution reconnects.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(2));
@@ -322,6 +330,8 @@ struct Follower {
     /// Instances by key.
     instances: BTreeMap<String, Instance>,
     tx: watch::Sender<Arc<[Instance]>>,
+    /// Beaten by every read and watch answer.
+    heartbeat: Heartbeat,
 }
 
 impl Follower {
@@ -332,6 +342,7 @@ impl Follower {
             async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
         })
         .await?;
+        self.heartbeat.beat();
         self.instances = response.kvs().iter().filter_map(decode).collect();
         self.publish();
         Ok(response.header().map_or(0, |h| h.revision()))
@@ -359,12 +370,30 @@ impl Follower {
             }
         };
         outage.succeeded();
+        let mut progress = tokio::time::interval_at(Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unanswered = 0u32;
         let ended = loop {
-            let response = match stream.message().await {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                _ = progress.tick() => {
+                    if unanswered == 3 {
+                        break format!("no answer to three progress requests, {PROGRESS_EVERY:?} apart");
+                    }
+                    unanswered += 1;
+                    if let Err(e) = stream.request_progress().await {
+                        break e.to_string();
+                    }
+                    continue;
+                }
+            };
+            let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => break "the watch ended".to_owned(),
                 Err(e) => break e.to_string(),
             };
+            unanswered = 0;
+            self.heartbeat.beat();
             if response.canceled() {
                 break format!("the watch was canceled: {}", response.cancel_reason());
             }
@@ -431,14 +460,20 @@ impl Backend for Etcd {
         let (prefix, service) = (self.service_prefix(service), service.to_owned());
         Box::pin(async move {
             let (tx, rx) = watch::channel(Arc::from(Vec::new()));
-            let mut follower =
-                Follower { client: self.client().await?, prefix, instances: BTreeMap::new(), tx };
+            let heartbeat = Heartbeat::new();
+            let mut follower = Follower {
+                client: self.client().await?,
+                prefix,
+                instances: BTreeMap::new(),
+                tx,
+                heartbeat: heartbeat.clone(),
+            };
             let revision = follower
                 .load(Instant::now() + FIRST_CONTACT)
                 .await
                 .map_err(|e| unreachable(&self.url, e, FIX))?;
             let task = tokio::spawn(follower.run(revision, format!("resolving {service} in {}", self.url)));
-            Ok(Resolution::new(service, rx, task))
+            Ok(Resolution::new(service, rx, task).with_heartbeat(heartbeat))
         })
     }
 }

@@ -56,7 +56,9 @@ use std::sync::Arc;
 use crate::error::Error;
 
 pub(crate) use types::AbortOnDrop;
-pub use types::{Backend, BoxFuture, DEFAULT_TTL, Endpoint, Instance, Lease, Metadata, Resolution, Scheme};
+pub use types::{
+    Backend, BoxFuture, DEFAULT_TTL, Endpoint, Heartbeat, Instance, Lease, Metadata, Resolution, Scheme,
+};
 pub use url::RegistryUrl;
 pub(crate) use url::parse_endpoint;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::types::{AbortOnDrop, Instance, Resolution};
+use super::types::{AbortOnDrop, Heartbeat, Instance, Resolution};
 
 /// What a resolution says while the registry cannot be reached.
 pub(super) const KEEPING: &str = "keeping the last known instances";
@@ -76,6 +76,8 @@ pub(super) async fn follow<S: Source>(
     publish(&tx, first);
     // The first answer is the current one, not a change.
     rx.mark_unchanged();
+    let heartbeat = Heartbeat::new();
+    let beats = heartbeat.clone();
     let task = tokio::spawn(async move {
         let mut outage = OutageLog::new(what);
         let mut started = started;
@@ -92,6 +94,7 @@ pub(super) async fn follow<S: Source>(
             };
             match fetched {
                 Ok(instances) => {
+                    beats.beat();
                     outage.succeeded();
                     if let Some(instances) = instances {
                         publish(&tx, instances);
@@ -101,7 +104,7 @@ pub(super) async fn follow<S: Source>(
             }
         }
     });
-    Ok(Resolution::new(service, rx, task))
+    Ok(Resolution::new(service, rx, task).with_heartbeat(heartbeat))
 }
 
 /// Runs `renewal` every `every` (the first one `every` after now) until the

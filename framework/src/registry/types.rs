@@ -182,12 +182,52 @@ pub trait Lease: fmt::Debug + Send + Sync {
     fn deregister(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
 }
 
+/// When a registry last answered for one resolution: each poll that
+/// succeeded, each watch event or progress answer, whether or not anything
+/// changed. Shared by the task that asks and whoever reports its age.
+#[derive(Debug, Clone)]
+pub struct Heartbeat(Option<Arc<std::sync::Mutex<std::time::Instant>>>);
+
+impl Heartbeat {
+    /// A heartbeat that answered just now.
+    pub fn new() -> Self {
+        Heartbeat(Some(Arc::new(std::sync::Mutex::new(std::time::Instant::now()))))
+    }
+
+    /// The heartbeat of a list that cannot change (`static://`): always current.
+    pub fn always() -> Self {
+        Heartbeat(None)
+    }
+
+    /// The registry answered.
+    pub fn beat(&self) {
+        if let Some(at) = &self.0 {
+            *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        }
+    }
+
+    /// How long ago the registry last answered.
+    pub fn age(&self) -> Duration {
+        match &self.0 {
+            Some(at) => at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed(),
+            None => Duration::ZERO,
+        }
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat::new()
+    }
+}
+
 /// The instances of one service, as a registry knows them, kept up to date
 /// by a background task that stops when the resolution is dropped.
 #[derive(Debug)]
 pub struct Resolution {
     service: String,
     rx: watch::Receiver<Arc<[Instance]>>,
+    heartbeat: Heartbeat,
     _task: AbortOnDrop,
 }
 
@@ -198,7 +238,20 @@ impl Resolution {
         rx: watch::Receiver<Arc<[Instance]>>,
         task: tokio::task::JoinHandle<()>,
     ) -> Self {
-        Resolution { service: service.into(), rx, _task: AbortOnDrop(task) }
+        Resolution { service: service.into(), rx, heartbeat: Heartbeat::new(), _task: AbortOnDrop(task) }
+    }
+
+    /// The same, with the heartbeat `task` beats each time the registry answers.
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// When the registry last answered for this resolution; keep a clone
+    /// before [`into_changes`](Self::into_changes) to report it.
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
     }
 
     /// A resolution that never changes.
@@ -208,7 +261,7 @@ impl Resolution {
         let task = tokio::spawn(async move {
             tx.closed().await;
         });
-        Resolution::new(service, rx, task)
+        Resolution::new(service, rx, task).with_heartbeat(Heartbeat::always())
     }
 
     /// The service this follows.

@@ -39,7 +39,7 @@ pub(super) async fn follow<S>(
     };
     if let Some(shared) = shared.upgrade() {
         shared.set_registry_error(None);
-        shared.counters.metrics.registry_answered(0);
+        shared.counters.metrics.resolved(resolution.heartbeat().clone());
     }
     let mut changes = std::pin::pin!(resolution.into_changes());
     while let Some(change) =
@@ -71,7 +71,7 @@ pub(super) async fn follow<S>(
             }
         }
         shared.endpoints.replace(list);
-        shared.counters.metrics.registry_answered(1);
+        shared.counters.metrics.discovery_updated(1);
         bump.send_modify(|n| *n += 1);
     }
 }

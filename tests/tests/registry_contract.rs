@@ -242,16 +242,27 @@ async fn a_killed_registrant_expires_within_its_lease(setup: Setup) {
     assert!(took <= setup.lease + Duration::from_secs(2), "{}: took {took:?}", setup.name);
 }
 
+/// A service of `setup` with an instance a resolver should find: the
+/// service, the instance's ports, and the registration that keeps it (none
+/// where the registry is read-only and holds it already).
+async fn one_instance(
+    setup: &Setup,
+    registry: &Registry,
+) -> (&'static str, BTreeSet<u16>, Option<Box<dyn Lease>>) {
+    match setup.control {
+        Control::Dns(_) => ("any.v1.Any", BTreeSet::from([DNS_PORT]), None),
+        Control::Static => (SERVICE, BTreeSet::from([7001, 7002]), None),
+        _ => (
+            SERVICE,
+            BTreeSet::from([7001]),
+            Some(registry.register(instance(7001)).await.expect("register")),
+        ),
+    }
+}
+
 async fn an_outage_keeps_the_last_instances_and_is_logged_once(mut setup: Setup) {
     let registry = setup.registry();
-    let (service, expected) = match setup.control {
-        Control::Dns(_) => ("any.v1.Any", BTreeSet::from([DNS_PORT])),
-        _ => (SERVICE, BTreeSet::from([7001])),
-    };
-    let _lease = match setup.control {
-        Control::Dns(_) => None,
-        _ => Some(registry.register(instance(7001)).await.expect("register")),
-    };
+    let (service, expected, _lease) = one_instance(&setup, &registry).await;
     let mut resolution = registry.resolve(service).await.expect("resolve");
     wait_for(setup.name, &mut resolution, STEP, |now| ports(now) == expected && !now.is_empty()).await;
     let known = resolution.current();
@@ -283,14 +294,7 @@ async fn an_outage_keeps_the_last_instances_and_is_logged_once(mut setup: Setup)
 /// it cannot be reached, the heartbeat ages.
 async fn a_quiet_registry_keeps_its_heartbeat(mut setup: Setup) {
     let registry = setup.registry();
-    let (service, expected) = match setup.control {
-        Control::Dns(_) => ("any.v1.Any", BTreeSet::from([DNS_PORT])),
-        _ => (SERVICE, BTreeSet::from([7001])),
-    };
-    let _lease = match setup.control {
-        Control::Dns(_) | Control::Static => None,
-        _ => Some(registry.register(instance(7001)).await.expect("register")),
-    };
+    let (service, expected, _lease) = one_instance(&setup, &registry).await;
     let mut resolution = registry.resolve(service).await.expect("resolve");
     if let Control::Static = setup.control {
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -124,17 +124,21 @@ impl Library for Books {
     }
 }
 
-async fn serve() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+/// The `Library` server, stopping when the sender is used or dropped.
+fn library() -> (trellis::server::ServerBuilder, tokio::sync::oneshot::Sender<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = trellis::Server::builder()
+    let builder = trellis::Server::builder()
         .add_service(LibraryServer::new(Books))
         .propagation_delay(Duration::ZERO)
         .shutdown_signal(async {
             let _ = stopped.await;
-        })
-        .bind()
-        .await
-        .expect("bind");
+        });
+    (builder, stop)
+}
+
+async fn serve() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (builder, stop) = library();
+    let server = builder.bind().await.expect("bind");
     let addr = server.local_addr();
     tokio::spawn(server.serve());
     (addr, stop)
@@ -345,17 +349,8 @@ async fn grpc_still_works_on_the_same_port() {
 
 #[tokio::test]
 async fn rest_listen_moves_rest_to_a_port_of_its_own() {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = trellis::Server::builder()
-        .add_service(LibraryServer::new(Books))
-        .rest_listen("127.0.0.1:0".parse().expect("addr"))
-        .propagation_delay(Duration::ZERO)
-        .shutdown_signal(async {
-            let _ = stopped.await;
-        })
-        .bind()
-        .await
-        .expect("bind");
+    let (builder, stop) = library();
+    let server = builder.rest_listen("127.0.0.1:0".parse().expect("addr")).bind().await.expect("bind");
     let (grpc, rest) = (server.local_addr(), server.rest_addr().expect("a REST listener"));
     assert_ne!(grpc, rest);
     let serving = tokio::spawn(server.serve());

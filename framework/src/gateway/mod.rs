@@ -191,7 +191,7 @@ pub(crate) fn layers(
     if !gateway.has_routes() {
         return Err(crate::error::Error::Config(
             "`rest.listen` is set but no added service has a `google.api.http` route; annotate a method \
-             (see docs/rest.md) or unset `rest.listen`"
+             (see the `trellis::gateway` docs) or unset `rest.listen`"
                 .to_owned(),
         ));
     }
@@ -436,7 +436,7 @@ mod service {
                     inner: Box::pin(std::future::ready(Ok(response.map(http_body_util::Either::Right)))),
                 };
             }
-            let Some(routes) = self.routes.clone().filter(|_| self.rest_only || !is_grpc) else {
+            let Some(routes) = self.routes.clone().filter(|_| !is_grpc) else {
                 return GatewayFuture::Grpc { inner: self.inner.call(req) };
             };
             // The ready service goes with this call; a clone stays for the next.

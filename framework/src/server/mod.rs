@@ -538,14 +538,9 @@ impl BoundServer {
             endpoint: endpoint.to_string(),
             registered: false,
         });
-        match (admin_addr, rest_addr) {
-            (Some(admin), Some(rest)) => {
-                tracing::info!(addr = %local_addr, %rest, %admin, services = ?names, "listening");
-            }
-            (Some(admin), None) => tracing::info!(addr = %local_addr, %admin, services = ?names, "listening"),
-            (None, Some(rest)) => tracing::info!(addr = %local_addr, %rest, services = ?names, "listening"),
-            (None, None) => tracing::info!(addr = %local_addr, services = ?names, "listening"),
-        }
+        // An unset listener's field is left out of the line.
+        let (rest, admin) = (rest_addr.map(tracing::field::display), admin_addr.map(tracing::field::display));
+        tracing::info!(addr = %local_addr, rest, admin, services = ?names, "listening");
 
         let mut leases = Vec::new();
         if let Some(registry) = &registry {

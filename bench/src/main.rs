@@ -61,6 +61,10 @@ struct Args {
     /// Where to write the plots (SVG) [default: target/bench].
     #[arg(long, value_name = "DIR")]
     plots: Option<std::path::PathBuf>,
+    /// Run only the overhead contenders whose name contains this (such as
+    /// `"trellis -> bare"`), for profiling one of them.
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
     /// The address an `instance` listens on.
     #[arg(long, value_name = "ADDR", hide = true)]
     listen: Option<SocketAddr>,
@@ -345,7 +349,7 @@ async fn main() {
     results.insert("cores".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
     results.insert("machine_noise".into(), machine_noise().await);
     if matches!(args.scenario, Scenario::All | Scenario::Overhead) {
-        results.insert("overhead".into(), overhead::run(args.quick).await);
+        results.insert("overhead".into(), overhead::run(args.quick, args.only.as_deref()).await);
     }
     if matches!(args.scenario, Scenario::All | Scenario::Slow) {
         results.insert("slow_instance".into(), slow::run(args.quick).await);

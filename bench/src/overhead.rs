@@ -9,7 +9,7 @@ use crate::proto::bench::v1::bench_client::BenchClient;
 use crate::{Call, caller, compare, print_table, static_registry, to_json, tonic_server, trellis_server};
 
 /// Scenario 1: the cost of everything Trellis adds, on both sides.
-pub(crate) async fn run(quick: bool) -> serde_json::Value {
+pub(crate) async fn run(quick: bool, only: Option<&str>) -> serde_json::Value {
     let raw_addr = tonic_server(Duration::ZERO).await;
     let trellis_addr = trellis_server(Duration::ZERO).await;
     let raw = |addr| async move {
@@ -24,12 +24,15 @@ pub(crate) async fn run(quick: bool) -> serde_json::Value {
         trellis::codegen::Channel::discover(static_registry(&[addr]), &BENCH_DESCRIPTOR).expect("channel")
     };
     // The two mixed pairs tell the client's share of the cost from the server's.
-    let contenders: Vec<(&str, Call)> = vec![
+    let mut contenders: Vec<(&str, Call)> = vec![
         ("raw tonic -> bare tonic", caller(BenchClient::new(raw(raw_addr).await))),
         ("trellis -> trellis", caller(BenchClient::new(trellis(trellis_addr)))),
         ("trellis -> bare tonic", caller(BenchClient::new(trellis(raw_addr)))),
         ("raw tonic -> trellis", caller(BenchClient::new(raw(trellis_addr).await))),
     ];
+    if let Some(only) = only {
+        contenders.retain(|(name, _)| name.contains(only));
+    }
     let names: Vec<&str> = contenders.iter().map(|(n, _)| *n).collect();
     let reps = if quick { 2 } else { 5 };
     let mut results = serde_json::Map::new();

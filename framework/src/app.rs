@@ -302,6 +302,9 @@ impl Context {
         if config.tls.is_set() {
             clients = clients.with_tls(config.tls.clone());
         }
+        if let Some(zone) = &config.instance.zone {
+            clients = clients.with_zone(zone.clone());
+        }
         let own = sections.unwrap_or_default();
         let sections = Arc::new(Sections {
             unknown: layers.unknown(own)?,

@@ -254,7 +254,9 @@ async fn health_turns_not_serving_when_shutdown_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("payment.database={}", dir.path().join("p.sqlite3").display());
     let mut payment =
-        Service::start("order-payment", &["--set", &db, "--set", "shutdown.propagation_delay=1s"]).await;
+        // Long enough that a client slowed by a busy machine still reads the
+        // update before the server exits.
+        Service::start("order-payment", &["--set", &db, "--set", "shutdown.propagation_delay=3s"]).await;
     let mut health = HealthClient::new(payment.channel().await);
     let check = |service: &str| HealthCheckRequest { service: service.to_owned() };
     for service in ["", ORDER_PAYMENT_SERVICE_NAME] {

@@ -97,12 +97,14 @@ pub struct Clients {
     /// The `[tls]` settings for `https` instances.
     tls: Option<Arc<TlsConfig>>,
     metrics: Option<Metrics>,
+    /// The zone this process runs in, whose instances its calls prefer.
+    zone: Option<String>,
 }
 
 impl Clients {
     /// Channels through `registry`, with no settings of their own.
     pub fn new(registry: Registry) -> Self {
-        Clients { registry, configs: Arc::default(), tls: None, metrics: None }
+        Clients { registry, configs: Arc::default(), tls: None, metrics: None, zone: None }
     }
 
     /// The same, reaching `https` instances with `tls` (`tls.ca`, and
@@ -134,6 +136,20 @@ impl Clients {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// The same, for a process running in `zone`: its channels prefer the
+    /// instances registered in the same zone while those are healthy and
+    /// not overloaded (the application [`Context`](crate::Context) sets
+    /// this from `instance.zone`). See [`Balance`] for the rule.
+    pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// The zone channels prefer, if any.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
     }
 
     /// The metrics channels count into, if any.

@@ -302,6 +302,7 @@ impl ChannelBuilder {
             registry,
             service.name(),
             balance,
+            clients.zone().map(str::to_owned),
             balance::connect_tonic(clients.tls()),
             counters.clone(),
         );

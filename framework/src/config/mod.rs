@@ -8,8 +8,8 @@
 //! | `registry` | `local://` | `registry = "etcd://10.0.0.5:2379"` | `TRELLIS_REGISTRY` | `--registry` |
 //! | `advertise` | the listen address | `advertise = "10.0.0.7"` | `TRELLIS_ADVERTISE` | `--set` |
 //! | `instance.version` | the binary's version | `[instance] version = "1.4.2"` | `TRELLIS_INSTANCE__VERSION` | `--set` |
-//! | `instance.zone` | none | `[instance] zone = "eu-west-1a"` | `TRELLIS_INSTANCE__ZONE` | `--set` |
-//! | `instance.weight` | `100` | `[instance] weight = 50` | `TRELLIS_INSTANCE__WEIGHT` | `--set` |
+//! | `instance.zone` (registered; its clients prefer instances in the same zone) | none | `[instance] zone = "eu-west-1a"` | `TRELLIS_INSTANCE__ZONE` | `--set` |
+//! | `instance.weight` (registered; its share of calls, 0 drains it) | `100` | `[instance] weight = 50` | `TRELLIS_INSTANCE__WEIGHT` | `--set` |
 //! | `log.format` | `text` | `[log] format = "json"` | `TRELLIS_LOG__FORMAT` | `--log-format` |
 //! | `log.level` | `info` | `[log] level = "debug,h2=warn"` | `TRELLIS_LOG__LEVEL` or `RUST_LOG` | `--set log.level=...` |
 //! | `log.access` | `false` | `[log] access = true` | `TRELLIS_LOG__ACCESS` | `--set log.access=true` |

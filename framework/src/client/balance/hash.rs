@@ -41,6 +41,17 @@ pub(crate) fn rendezvous(key: u64, endpoint: &Endpoint) -> u64 {
     hasher.digest()
 }
 
+/// The weighted rendezvous score of an endpoint of `weight` whose
+/// rendezvous hash is `hash`: the highest wins, and each endpoint wins a
+/// share of keys proportional to its weight (the logarithmic method of
+/// weighted rendezvous hashing). For equal weights the order is the
+/// hashes' order, so unweighted routing is unchanged.
+pub(crate) fn weighted_score(hash: u64, weight: u32) -> f64 {
+    // A uniform draw in (0, 1) from the hash's top 53 bits.
+    let unit = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(weight) / -unit.ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,20 @@
 //! (calls in flight + 1) (default), round robin, or rendezvous hashing on
 //! the call's [`HashKey`].
 //!
+//! Each endpoint carries its instance's registered weight and zone
+//! (`discover.rs`). The weight sets its share of calls: under power of two
+//! choices both draws are in proportion to weight and load is compared per
+//! unit of weight; round robin gives each endpoint its weight's share of
+//! every cycle, interleaved; rendezvous hashing weighs its scores
+//! (logarithmic method), so each endpoint wins its weight's share of keys.
+//! Weight 0 drains an endpoint: it gets calls only when no other can take
+//! them. A client in a zone ([`Clients::with_zone`](super::Clients::with_zone),
+//! `instance.zone`) picks among its zone's candidates, unless none is left
+//! or its zone's pick is more than twice as slow as another zone's plus
+//! 5 ms (the lower of mean and decayed peak latency, or the age of its calls
+//! in flight if it has stalled); then the call goes to another zone.
+//! Consistent hashing ignores zones, so every client routes a key alike.
+//!
 //! An attempt made before any instance is known waits for one, until the
 //! call's [`Deadline`]; then it fails with [`CallError::NoInstance`], which
 //! says whether nothing is registered or the registry cannot be followed.
@@ -50,12 +64,14 @@ use crate::registry::{AbortOnDrop, Endpoint, Registry};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
-    /// Power of two choices over peak-EWMA latency x calls in flight.
+    /// Power of two choices over peak-EWMA latency x calls in flight, both
+    /// draws in proportion to weight, load compared per unit of weight.
     #[default]
     PeakEwma,
-    /// Each endpoint in turn.
+    /// Each endpoint in turn, as many turns per cycle as its weight's share.
     RoundRobin,
-    /// The same endpoint for the same [`HashKey`].
+    /// The same endpoint for the same [`HashKey`], each endpoint owning its
+    /// weight's share of keys.
     ConsistentHash,
 }
 
@@ -86,6 +102,8 @@ struct Shared<S> {
     service: &'static str,
     registry: String,
     balance: Balance,
+    /// The client's own zone, whose endpoints it prefers.
+    zone: Option<String>,
     endpoints: Endpoints<S>,
     /// Bumped on every change of endpoints, to wake attempts waiting for one.
     changed: watch::Receiver<u64>,
@@ -133,6 +151,7 @@ impl<S: Send + Sync + 'static> Balancer<S> {
         registry: &Registry,
         service: &'static str,
         balance: Balance,
+        zone: Option<String>,
         connect: Connector<S>,
         counters: Arc<Counters>,
     ) -> Self {
@@ -141,6 +160,7 @@ impl<S: Send + Sync + 'static> Balancer<S> {
             service,
             registry: registry.url().to_owned(),
             balance,
+            zone,
             endpoints: Endpoints::default(),
             changed,
             registry_error: Mutex::new(None),

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::time::Instant;
 
 use super::Balance;
-use super::hash::rendezvous;
+use super::hash::{rendezvous, weighted_score};
 use crate::client::breaker::Admit;
 use crate::client::endpoint::{EndpointService, EndpointState};
 use crate::registry::AbortOnDrop;
@@ -99,26 +99,146 @@ impl<S> Endpoints<S> {
         }
         let in_rotation: Vec<&Arc<Member<S>>> = pool.iter().copied().filter(|e| e.in_rotation()).collect();
         let candidates = if in_rotation.len() * 2 < pool.len() { pool } else { in_rotation };
-        let chosen = match (balance, candidates.len()) {
-            (_, 0) => return None,
-            (_, 1) => candidates[0],
-            (Balance::PeakEwma, n) => {
-                let a = rng.usize(..n);
-                let b = (a + 1 + rng.usize(..n - 1)) % n;
-                if candidates[a].load() <= candidates[b].load() { candidates[a] } else { candidates[b] }
-            }
-            (Balance::RoundRobin, n) => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
-            (Balance::ConsistentHash, _) => match key {
-                Some(key) => candidates
-                    .iter()
-                    .copied()
-                    .max_by_key(|e| rendezvous(key, &e.endpoint))
-                    .unwrap_or(candidates[0]),
-                None => candidates[rng.usize(..candidates.len())],
+        // Weight 0 drains an endpoint: it gets calls only when nothing else can.
+        let weighted: Vec<&Arc<Member<S>>> = candidates.iter().copied().filter(|e| e.weight() > 0).collect();
+        let candidates = if weighted.is_empty() { candidates } else { weighted };
+        let chosen = match balance {
+            // Every client must send a key to the same endpoint, wherever it runs.
+            Balance::ConsistentHash => match key {
+                Some(key) => candidates.iter().copied().max_by(|a, b| {
+                    let score = |e: &Member<S>| weighted_score(rendezvous(key, &e.endpoint), weight(e));
+                    score(a).total_cmp(&score(b))
+                })?,
+                None => candidates[weighted_index(&candidates, None, rng)?],
             },
+            Balance::PeakEwma | Balance::RoundRobin => {
+                let (local, remote): (Vec<_>, Vec<_>) = candidates.iter().copied().partition(|e| e.local());
+                if local.is_empty() || remote.is_empty() {
+                    self.choose(balance, &candidates, rng)?
+                } else {
+                    // The zone's own pick, unless it has become far slower
+                    // than another zone's: overloaded or stalled.
+                    let near = self.choose(balance, &local, rng)?;
+                    let far = power_of_two(&remote, rng)?;
+                    let limit = SPILL_OVER * far.zone_latency() + SPILL_FLOOR.as_nanos() as f64;
+                    if near.zone_latency() > limit { far } else { near }
+                }
+            }
         };
         Some(Pick { member: Arc::clone(chosen), probe: false })
     }
+}
+
+impl<S> Endpoints<S> {
+    /// One of `candidates`, by `balance` (not hashing), in proportion to weight.
+    fn choose<'a>(
+        &self,
+        balance: Balance,
+        candidates: &[&'a Arc<Member<S>>],
+        rng: &mut fastrand::Rng,
+    ) -> Option<&'a Arc<Member<S>>> {
+        match balance {
+            Balance::RoundRobin => {
+                let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                candidates.get(weighted_turn(candidates, turn)).copied()
+            }
+            _ => power_of_two(candidates, rng),
+        }
+    }
+}
+
+/// How much slower than another zone's pick (its zone latency) the
+/// client's own zone's pick may be, plus [`SPILL_FLOOR`], before the call
+/// goes to the other zone.
+pub(crate) const SPILL_OVER: f64 = 2.0;
+
+/// Latency differences below this never send a call out of its zone, so
+/// the jitter of fast calls does not.
+pub(crate) const SPILL_FLOOR: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// An endpoint's weight for choosing among candidates that all have some
+/// (all zero counts as all equal).
+fn weight(endpoint: &EndpointState) -> u32 {
+    endpoint.weight().max(1)
+}
+
+/// Load per unit of weight: a heavier endpoint looks less loaded.
+fn per_weight(endpoint: &EndpointState) -> f64 {
+    endpoint.load() / f64::from(weight(endpoint))
+}
+
+/// Power of two choices: two candidates drawn in proportion to weight, the
+/// less loaded per unit of weight wins.
+fn power_of_two<'a, S>(
+    candidates: &[&'a Arc<Member<S>>],
+    rng: &mut fastrand::Rng,
+) -> Option<&'a Arc<Member<S>>> {
+    let a = weighted_index(candidates, None, rng)?;
+    let Some(b) = weighted_index(candidates, Some(a), rng) else { return Some(candidates[a]) };
+    let (a, b) = (candidates[a], candidates[b]);
+    Some(if per_weight(a) <= per_weight(b) { a } else { b })
+}
+
+/// A random index into `candidates`, each in proportion to its weight,
+/// leaving out `except`; `None` if nothing is left.
+fn weighted_index<S>(
+    candidates: &[&Arc<Member<S>>],
+    except: Option<usize>,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
+    let total: u64 = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != except)
+        .map(|(_, e)| u64::from(weight(e)))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut draw = rng.u64(..total);
+    for (i, e) in candidates.iter().enumerate() {
+        if Some(i) == except {
+            continue;
+        }
+        let w = u64::from(weight(e));
+        if draw < w {
+            return Some(i);
+        }
+        draw -= w;
+    }
+    None
+}
+
+/// The index of the candidate whose turn `turn` is, in weighted round
+/// robin: over every cycle of (sum of weights / their gcd) turns each
+/// candidate gets its weight's share, interleaved rather than in runs (the
+/// turns step through the cycle by a stride near the golden ratio of its
+/// length, coprime with it). Equal weights take strict turns.
+fn weighted_turn<S>(candidates: &[&Arc<Member<S>>], turn: usize) -> usize {
+    let n = candidates.len();
+    let divisor = candidates.iter().map(|e| u64::from(weight(e))).fold(0, gcd).max(1);
+    let units = || candidates.iter().map(|e| u64::from(weight(e)) / divisor);
+    let cycle: u64 = units().sum();
+    if cycle == n as u64 {
+        return turn % n;
+    }
+    let mut stride = ((cycle as f64) * 0.618_033_988_7) as u64;
+    while gcd(stride.max(1), cycle) != 1 {
+        stride += 1;
+    }
+    let position = u128::from(turn as u64 % cycle) * u128::from(stride.max(1)) % u128::from(cycle);
+    let mut slot = position as u64;
+    for (i, unit) in units().enumerate() {
+        if slot < unit {
+            return i;
+        }
+        slot -= unit;
+    }
+    n - 1
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Whether `endpoint` is ejected and due for a probe, taking the probe slot if so.
@@ -220,5 +340,86 @@ mod tests {
             .map(|_| set.pick(Balance::ConsistentHash, &[], key, &mut rng).unwrap().member.endpoint.port())
             .collect();
         assert_eq!(homes.len(), 1);
+    }
+
+    fn shares(set: &Endpoints<()>, balance: Balance, picks: usize, keyed: bool) -> [usize; 3] {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut counts = [0; 3];
+        // Calls stay in flight for a while, as under load, so peak-EWMA sees them.
+        let mut in_flight = std::collections::VecDeque::new();
+        for i in 0..picks {
+            let key = keyed.then(|| crate::client::balance::HashKey::new(format!("key-{i}")).value());
+            let pick = set.pick(balance, &[], key, &mut rng).unwrap();
+            counts[usize::from(pick.member.endpoint.port()) - 1] += 1;
+            in_flight.push_back(pick.member.state.start());
+            if in_flight.len() > 40 {
+                in_flight.pop_front();
+            }
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weights_set_each_endpoints_share_and_zero_drains() {
+        let (set, list) = endpoints(3);
+        for (state, weight) in list.iter().zip([100, 300, 0]) {
+            state.set_placement(weight, false);
+        }
+        assert_eq!(shares(&set, Balance::RoundRobin, 4000, false), [1000, 3000, 0], "round robin: exact");
+        let [light, heavy, drained] = shares(&set, Balance::ConsistentHash, 8000, true);
+        assert_eq!(drained, 0);
+        let heavy_share = heavy as f64 / 8000.0;
+        assert!((0.72..0.78).contains(&heavy_share), "hashing: {light} / {heavy}");
+        let [light, heavy, drained] = shares(&set, Balance::PeakEwma, 8000, false);
+        assert_eq!(drained, 0);
+        let heavy_share = heavy as f64 / 8000.0;
+        assert!((0.65..0.85).contains(&heavy_share), "peak-EWMA: {light} / {heavy}");
+        // Interleaved, not in runs: no endpoint gets four turns in a row.
+        let mut rng = fastrand::Rng::with_seed(1);
+        let turns: Vec<u16> = (0..40)
+            .map(|_| set.pick(Balance::RoundRobin, &[], None, &mut rng).unwrap().member.endpoint.port())
+            .collect();
+        assert!(turns.windows(4).all(|w| w.iter().any(|p| *p != w[0])), "{turns:?}");
+        // Every endpoint drained: weight no longer matters, calls still go out.
+        for state in &list {
+            state.set_placement(0, false);
+        }
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1, 2, 3]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_prefers_its_zone_and_spills_over_when_it_cannot_take_the_call() {
+        let (set, list) = endpoints(3);
+        list[0].set_placement(100, true);
+        for balance in [Balance::PeakEwma, Balance::RoundRobin] {
+            let mut rng = fastrand::Rng::with_seed(2);
+            assert!(
+                (0..200).all(|_| set.pick(balance, &[], None, &mut rng).unwrap().member.endpoint.port() == 1),
+                "{balance:?}: the own zone while it can"
+            );
+        }
+        // Busy but as fast as the others: still at home.
+        let busy: Vec<_> = (0..8).map(|_| list[0].start()).collect();
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1]), "calls in flight alone do not spill");
+        // Stalled: its calls in flight are older than twice the others' latency + 5 ms.
+        tokio::time::advance(std::time::Duration::from_millis(8)).await;
+        assert_eq!(ports(&set, &[], 200), HashSet::from([2, 3]), "spilled over");
+        drop(busy);
+        // One slow answer is a spike, not a slow endpoint.
+        list[0].sample(std::time::Duration::from_millis(30), Instant::now());
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1]), "a spike does not spill");
+        // Slow answers: spilled over; the peak decays as time passes, and calls come back.
+        for _ in 0..50 {
+            list[0].sample(std::time::Duration::from_millis(30), Instant::now());
+        }
+        assert_eq!(ports(&set, &[], 200), HashSet::from([2, 3]), "slow: spilled over");
+        tokio::time::advance(std::time::Duration::from_secs(20)).await;
+        assert_eq!(ports(&set, &[], 200), HashSet::from([1]), "back home");
+        eject(&list[0]);
+        assert_eq!(ports(&set, &[], 200), HashSet::from([2, 3]), "the zone's only endpoint is ejected");
+        // A retry of a call that tried the zone's endpoint goes elsewhere.
+        let (set, list) = endpoints(3);
+        list[0].set_placement(100, true);
+        assert_eq!(ports(&set, &list[..1], 200), HashSet::from([2, 3]));
     }
 }

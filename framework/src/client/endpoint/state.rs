@@ -2,7 +2,7 @@
 //! flight (the balancer's load), whether it is ejected (passive health), and
 //! whether its server says it is serving (active health).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 
 /// How fast the estimate forgets a latency peak.
 const EWMA_DECAY: Duration = Duration::from_secs(5);
+
+/// The weight of an instance that registered none.
+const DEFAULT_WEIGHT: u32 = 100;
 
 /// How long to wait before watching health again after the watch failed.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
@@ -90,6 +93,10 @@ pub struct EndpointState {
     serving: AtomicBool,
     /// Whether anything came back from it yet (an answer or a health update).
     heard: AtomicBool,
+    /// Its instance's weight (share of calls; 0 drains it), from the registry.
+    weight: AtomicU32,
+    /// Whether its instance is in the client's own zone.
+    local: AtomicBool,
     /// The latency above which an endpoint is an outlier among its peers.
     pub(crate) outliers: Arc<OutlierLimit>,
     pub(crate) counters: Arc<Counters>,
@@ -139,6 +146,8 @@ impl EndpointState {
             ejection: Mutex::new(Breaker::for_endpoint()),
             serving: AtomicBool::new(true),
             heard: AtomicBool::new(false),
+            weight: AtomicU32::new(DEFAULT_WEIGHT),
+            local: AtomicBool::new(false),
             outliers,
             counters,
         }
@@ -154,17 +163,40 @@ impl EndpointState {
     /// average age of the calls in flight if that is longer: an endpoint that
     /// has stalled looks slow before its first slow answer arrives.
     pub(crate) fn load(&self) -> f64 {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        self.estimate_with(in_flight) * (in_flight + 1) as f64
+    }
+
+    /// How slow it is now, for choosing between zones, in nanoseconds: the
+    /// plain mean or the decayed peak-EWMA, whichever is lower (a lone
+    /// spike moves the mean little, and the peak forgets a slowness that
+    /// kept calls away), or the average age of the calls in flight if that
+    /// is longer (stalled).
+    pub(crate) fn zone_latency(&self) -> f64 {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let (peak, mean) = {
+            let ewma = self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
+            (ewma.decayed(now), ewma.mean_ns)
+        };
+        peak.min(mean).max(self.pending_age(in_flight, now))
+    }
+
+    fn estimate_with(&self, in_flight: usize) -> f64 {
         let now = Instant::now();
         let estimate = self.ewma.lock().unwrap_or_else(PoisonError::into_inner).decayed(now);
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
-        let pending_age = match in_flight {
+        estimate.max(self.pending_age(in_flight, now))
+    }
+
+    /// The average age of the calls in flight, in nanoseconds.
+    fn pending_age(&self, in_flight: usize, now: Instant) -> f64 {
+        match in_flight {
             0 => 0.0,
             n => {
                 let average_start = self.pending_since.load(Ordering::Relaxed) as f64 / n as f64;
                 (since_epoch(now) as f64 - average_start).max(0.0)
             }
-        };
-        estimate.max(pending_age) * (in_flight + 1) as f64
+        }
     }
 
     /// The round trip of the last answer (of the probe, while ejected).
@@ -187,6 +219,24 @@ impl EndpointState {
     pub(crate) fn set_serving(&self, serving: bool) -> bool {
         self.heard.store(true, Ordering::Relaxed);
         self.serving.swap(serving, Ordering::Relaxed) != serving
+    }
+
+    /// Its instance's weight: its share of calls relative to the others'
+    /// (100 is normal, 0 drains it).
+    pub(crate) fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Whether its instance runs in the client's own zone.
+    pub(crate) fn local(&self) -> bool {
+        self.local.load(Ordering::Relaxed)
+    }
+
+    /// Records what the registry says of its instance: `weight`, and
+    /// whether it is in the client's zone.
+    pub(crate) fn set_placement(&self, weight: u32, local: bool) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.local.store(local, Ordering::Relaxed);
     }
 
     /// Whether it is in the balancer's normal rotation (not ejected).

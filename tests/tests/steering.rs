@@ -1,0 +1,100 @@
+//! Instance metadata that steers traffic, over real servers: each
+//! instance's weight sets its share of calls (0 drains it), and a client in
+//! a zone keeps its calls in that zone until the zone cannot take them.
+
+use std::time::Duration;
+
+use trellis::client::{Balance, ClientConfig, Clients};
+use trellis::registry::Metadata;
+use trellis::testing::Fleet;
+use trellis_tests::EchoService;
+use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
+use trellis_tests::proto::trellis::test::echo::v1::{ECHO_SERVICE_NAME, EchoClient, EchoRequest};
+
+/// A fleet whose instances register with these weights and zones.
+async fn fleet(placements: &[(u32, &str)]) -> Fleet {
+    let placements: Vec<(u32, String)> = placements.iter().map(|(w, z)| (*w, (*z).to_owned())).collect();
+    Fleet::start(placements.len(), |s, i| {
+        let (weight, zone) = placements[i].clone();
+        s.add_service(EchoServer::new(EchoService)).configure(move |server| {
+            server.metadata(Metadata { weight, zone: Some(zone), ..Metadata::default() })
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// Makes `calls` calls, `concurrency` at a time; returns how many each instance got.
+async fn spread(fleet: &Fleet, client: &EchoClient, calls: usize, concurrency: usize) -> Vec<u64> {
+    let before: Vec<u64> = fleet.instances().iter().map(|i| i.faults().calls()).collect();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let mut client = client.clone();
+            let share = calls / concurrency + usize::from(w < calls % concurrency);
+            tokio::spawn(async move {
+                for _ in 0..share {
+                    let request = EchoRequest { note: Some("x".into()), ..EchoRequest::default() };
+                    client.unary(request).await.expect("every call is answered");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    fleet.instances().iter().zip(before).map(|(i, before)| i.faults().calls() - before).collect()
+}
+
+fn client(fleet: &Fleet, balance: Balance, zone: Option<&str>) -> EchoClient {
+    let mut clients = Clients::new(fleet.registry().clone())
+        .with_config(ECHO_SERVICE_NAME, ClientConfig { balance: Some(balance), ..ClientConfig::default() });
+    if let Some(zone) = zone {
+        clients = clients.with_zone(zone);
+    }
+    EchoClient::discover(clients).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_set_each_instances_share_and_weight_zero_drains() {
+    let fleet = fleet(&[(100, "a"), (300, "a"), (0, "a")]).await;
+
+    let round_robin = client(&fleet, Balance::RoundRobin, None);
+    let got = spread(&fleet, &round_robin, 400, 4).await;
+    assert_eq!(got, [100, 300, 0], "round robin: exactly the weights' shares");
+
+    let peak_ewma = client(&fleet, Balance::PeakEwma, None);
+    let got = spread(&fleet, &peak_ewma, 1200, 16).await;
+    assert_eq!(got[2], 0, "drained: {got:?}");
+    // Power of two choices weighs load too, so shares follow weights loosely.
+    assert!(
+        10 * got[1] >= 13 * got[0] && got[0] >= 60,
+        "peak-EWMA: the heavier gets more, both get some: {got:?}"
+    );
+
+    let hashed = client(&fleet, Balance::ConsistentHash, None);
+    let got = spread(&fleet, &hashed, 200, 4).await;
+    assert_eq!(got[2], 0, "consistent hashing never picks a drained instance: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeps_to_its_zone_until_the_zone_cannot_take_the_calls() {
+    let fleet = fleet(&[(100, "eu-1a"), (100, "eu-1b"), (100, "eu-1b")]).await;
+    let home = client(&fleet, Balance::PeakEwma, Some("eu-1a"));
+    // A latency spike of the own zone's instance may send the odd call out.
+    let got = spread(&fleet, &home, 200, 4).await;
+    assert!(got[0] >= 190, "in its own zone: {got:?}");
+    let elsewhere = client(&fleet, Balance::RoundRobin, Some("eu-1b"));
+    let got = spread(&fleet, &elsewhere, 200, 4).await;
+    assert!(got[0] <= 10 && got[1].abs_diff(got[2]) <= 10, "round robin within its zone: {got:?}");
+
+    // Overloaded: its own zone's instance answers 20 ms late, and calls pile up there.
+    fleet.instance(0).faults().set_delay(Duration::from_millis(20));
+    let got = spread(&fleet, &home, 400, 16).await;
+    assert!(got[1] + got[2] > got[0], "most calls spill over to the other zone: {got:?}");
+    fleet.instance(0).faults().lift();
+
+    // Failing: ejected after a few failures (each retried elsewhere), then passed over.
+    fleet.instance(0).faults().set_unavailable(true);
+    let got = spread(&fleet, &home, 200, 4).await;
+    assert!(got[1] + got[2] == 200 && got[0] <= 10, "the other zone answers every call: {got:?}");
+}

@@ -46,8 +46,11 @@ async fn spread(fleet: &Fleet, client: &EchoClient, calls: usize, concurrency: u
 }
 
 fn client(fleet: &Fleet, balance: Balance, zone: Option<&str>) -> EchoClient {
-    let mut clients = Clients::new(fleet.registry().clone())
-        .with_config(ECHO_SERVICE_NAME, ClientConfig { balance: Some(balance), ..ClientConfig::default() });
+    client_with(fleet, ClientConfig { balance: Some(balance), ..ClientConfig::default() }, zone)
+}
+
+fn client_with(fleet: &Fleet, config: ClientConfig, zone: Option<&str>) -> EchoClient {
+    let mut clients = Clients::new(fleet.registry().clone()).with_config(ECHO_SERVICE_NAME, config);
     if let Some(zone) = zone {
         clients = clients.with_zone(zone);
     }
@@ -97,4 +100,19 @@ async fn a_client_keeps_to_its_zone_until_the_zone_cannot_take_the_calls() {
     fleet.instance(0).faults().set_unavailable(true);
     let got = spread(&fleet, &home, 200, 4).await;
     assert!(got[1] + got[2] == 200 && got[0] <= 10, "the other zone answers every call: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_calls_a_subset_of_a_large_fleet_and_together_they_cover_it() {
+    let fleet = fleet(&[(100, "a"); 6]).await;
+    let config = ClientConfig { subset_size: Some(2), ..ClientConfig::default() };
+    let mut reached = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let client = client_with(&fleet, config.clone(), None);
+        let got = spread(&fleet, &client, 40, 4).await;
+        let called: Vec<usize> = (0..got.len()).filter(|&i| got[i] > 0).collect();
+        assert_eq!(called.len(), 2, "one client, a subset of 2: {got:?}");
+        reached.extend(called);
+    }
+    assert!(reached.len() >= 5, "twelve clients spread over the fleet: {reached:?}");
 }

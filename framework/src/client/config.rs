@@ -18,6 +18,7 @@ use crate::transport::tls::TlsConfig;
 /// ```toml
 /// [clients."order.payment.v1.OrderPayment"]
 /// balance = "round_robin"            # peak_ewma (default), round_robin, consistent_hash
+/// subset_size = 16                   # connect to at most 16 instances (default 32, 0 for all)
 ///
 /// [clients."order.payment.v1.OrderPayment".methods.GetPayment]
 /// timeout = "500ms"                  # the call's default deadline
@@ -28,6 +29,12 @@ use crate::transport::tls::TlsConfig;
 pub struct ClientConfig {
     /// How calls are spread over the instances.
     pub balance: Option<Balance>,
+    /// The most instances a channel connects to (and watches the health
+    /// of): in a larger fleet, a subset chosen by rendezvous hashing on a
+    /// random per-channel seed, so clients spread evenly over the fleet and
+    /// a change of one instance changes at most one member of a subset.
+    /// Default [`DEFAULT_SUBSET_SIZE`]; 0 connects to every instance.
+    pub subset_size: Option<usize>,
     /// Per-method overrides, by method name as in the proto.
     pub methods: BTreeMap<String, MethodConfig>,
     /// The largest response message taken, in bytes; 1 KiB to 256 MiB,
@@ -39,6 +46,9 @@ pub struct ClientConfig {
     #[serde(deserialize_with = "message_size")]
     pub max_encoding_size: Option<usize>,
 }
+
+/// The default [`ClientConfig::subset_size`].
+pub const DEFAULT_SUBSET_SIZE: usize = 32;
 
 impl ClientConfig {
     /// The message size limits, (decoding, encoding), defaults filled in.

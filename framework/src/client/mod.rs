@@ -82,7 +82,7 @@ use tower_service::Service;
 
 pub use self::balance::{Balance, Balancer, HashKey};
 pub use self::breaker::{BreakerFuture, BreakerLayer, BreakerService};
-pub use self::config::{ClientConfig, Clients, MethodConfig};
+pub use self::config::{ClientConfig, Clients, DEFAULT_SUBSET_SIZE, MethodConfig};
 pub use self::deadline::{Deadline, DeadlineFuture, DeadlineLayer, DeadlineService};
 pub use self::endpoint::{EndpointFuture, EndpointLayer, EndpointService, EndpointState, OutlierLimit};
 pub use self::metrics::{CallBody, ClientMetricsFuture, ClientMetricsLayer, ClientMetricsService};
@@ -92,6 +92,7 @@ pub use self::trace::{TraceFuture, TraceLayer, TraceService};
 pub use crate::error::{CallError, NotRetried};
 pub use crate::protocol::DEFAULT_TIMEOUT;
 
+use self::balance::Routing;
 use self::method::PerMethod;
 use self::metrics::{ServiceMetrics, View};
 use self::retry::RetryPolicy;
@@ -298,11 +299,15 @@ impl ChannelBuilder {
         let balance = config.balance.or(balance).unwrap_or_default();
         let registry = clients.registry();
 
+        let routing = Routing {
+            balance,
+            zone: clients.zone().map(str::to_owned),
+            subset_size: config.subset_size.unwrap_or(DEFAULT_SUBSET_SIZE),
+        };
         let balancer = Balancer::new(
             registry,
             service.name(),
-            balance,
-            clients.zone().map(str::to_owned),
+            routing,
             balance::connect_tonic(clients.tls()),
             counters.clone(),
         );

@@ -32,6 +32,7 @@
 //! | `server.messages.max_decoding_size` | `4194304` (4 MiB) | `[server.messages] max_decoding_size = 16777216` | `TRELLIS_SERVER__MESSAGES__MAX_DECODING_SIZE` | `--set` |
 //! | `server.messages.max_encoding_size` | `4194304` (4 MiB) | `[server.messages] max_encoding_size = 16777216` | `TRELLIS_SERVER__MESSAGES__MAX_ENCODING_SIZE` | `--set` |
 //! | `clients."SERVICE".balance` | `peak_ewma` | `[clients."pkg.Svc"] balance = "round_robin"` | file only | file only |
+//! | `clients."SERVICE".subset_size` | `32` (0: all) | `subset_size = 16` | file only | file only |
 //! | `clients."SERVICE".max_decoding_size` | `4194304` (4 MiB) | `max_decoding_size = 16777216` | file only | file only |
 //! | `clients."SERVICE".max_encoding_size` | `4194304` (4 MiB) | `max_encoding_size = 16777216` | file only | file only |
 //! | `clients."SERVICE".methods.METHOD.timeout` | 10 s | `timeout = "500ms"` | file only | file only |

@@ -283,7 +283,12 @@ impl TraceContext {
     /// This span as a `traceparent` header value.
     pub fn traceparent_header(&self) -> HeaderValue {
         // Only hex digits and dashes: always a valid header value.
-        HeaderValue::from_bytes(&self.traceparent()).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut value =
+            HeaderValue::from_bytes(&self.traceparent()).unwrap_or_else(|_| HeaderValue::from_static(""));
+        // New on every call: kept out of the HPACK tables, where it would only
+        // evict the headers that repeat.
+        value.set_sensitive(true);
+        value
     }
 
     /// The trace this span belongs to.

@@ -26,6 +26,14 @@
 //! in flight if it has stalled); then the call goes to another zone.
 //! Consistent hashing ignores zones, so every client routes a key alike.
 //!
+//! In a fleet larger than the subset size (`clients."SERVICE".subset_size`,
+//! default 32), a channel connects to, watches the health of and balances
+//! over a subset only, chosen by weighted rendezvous hashing on a random
+//! seed of its own (`discover.rs`): clients spread about evenly over the
+//! fleet, an instance that comes or goes changes at most one member of a
+//! subset, and a client in a zone takes three quarters of its subset from
+//! its zone.
+//!
 //! An attempt made before any instance is known waits for one, until the
 //! call's [`Deadline`]; then it fails with [`CallError::NoInstance`], which
 //! says whether nothing is registered or the registry cannot be followed.
@@ -75,10 +83,19 @@ pub enum Balance {
     ConsistentHash,
 }
 
+/// How a balancer chooses: its strategy, the client's zone, and the most
+/// endpoints it connects to (0: all).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Routing {
+    pub(crate) balance: Balance,
+    pub(crate) zone: Option<String>,
+    pub(crate) subset_size: usize,
+}
+
 /// The endpoints one call has tried, so each retry or hedge goes elsewhere.
 /// The retry layer puts one in the request; the balancer adds to it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tried(pub(crate) Arc<Mutex<Vec<Arc<EndpointState>>>>);
+pub(crate) struct Tried(pub(crate) Arc<Mutex<smallvec::SmallVec<[Arc<EndpointState>; 2]>>>);
 
 /// Makes the transport to one endpoint, and the task that follows its
 /// health, if any.
@@ -104,6 +121,9 @@ struct Shared<S> {
     balance: Balance,
     /// The client's own zone, whose endpoints it prefers.
     zone: Option<String>,
+    /// The most endpoints connected to, and this channel's seed for choosing them.
+    subset_size: usize,
+    subset_seed: u64,
     endpoints: Endpoints<S>,
     /// Bumped on every change of endpoints, to wake attempts waiting for one.
     changed: watch::Receiver<u64>,
@@ -150,17 +170,19 @@ impl<S: Send + Sync + 'static> Balancer<S> {
     pub(crate) fn new(
         registry: &Registry,
         service: &'static str,
-        balance: Balance,
-        zone: Option<String>,
+        routing: Routing,
         connect: Connector<S>,
         counters: Arc<Counters>,
     ) -> Self {
+        let Routing { balance, zone, subset_size } = routing;
         let (bump, changed) = watch::channel(0);
         let shared = Arc::new(Shared {
             service,
             registry: registry.url().to_owned(),
             balance,
             zone,
+            subset_size,
+            subset_seed: fastrand::u64(..),
             endpoints: Endpoints::default(),
             changed,
             registry_error: Mutex::new(None),
@@ -181,7 +203,8 @@ impl<S: Send + Sync + 'static> Balancer<S> {
         Balancer { shared }
     }
 
-    /// The endpoints known now.
+    /// The endpoints it connects to now: every instance's, or in a fleet
+    /// larger than the subset size, those of its subset.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.shared.endpoints.snapshot().iter().map(|m| m.endpoint.clone()).collect()
     }

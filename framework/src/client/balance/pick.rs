@@ -18,6 +18,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::Balance;
@@ -43,6 +44,9 @@ impl<S> std::ops::Deref for Member<S> {
         &self.state
     }
 }
+
+/// Candidates for one pick, on the stack for fleets of up to 8.
+type Pool<'a, S> = SmallVec<[&'a Arc<Member<S>>; 8]>;
 
 /// The endpoint chosen for an attempt.
 #[derive(Debug)]
@@ -90,17 +94,17 @@ impl<S> Endpoints<S> {
         }
         let now = Instant::now();
         let untried = |e: &&Arc<Member<S>>| !tried.iter().any(|t| Arc::ptr_eq(t, &e.state));
-        let serving: Vec<&Arc<Member<S>>> = list.iter().filter(|e| e.serving()).filter(untried).collect();
+        let serving: Pool<'_, S> = list.iter().filter(|e| e.serving()).filter(untried).collect();
         // All tried, or none serving: any endpoint beats failing the call here.
-        let pool: Vec<&Arc<Member<S>>> = if serving.is_empty() { list.iter().collect() } else { serving };
+        let pool: Pool<'_, S> = if serving.is_empty() { list.iter().collect() } else { serving };
 
         if let Some(probe) = pool.iter().find(|e| probe_admitted(e, now)) {
             return Some(Pick { member: Arc::clone(probe), probe: true });
         }
-        let in_rotation: Vec<&Arc<Member<S>>> = pool.iter().copied().filter(|e| e.in_rotation()).collect();
+        let in_rotation: Pool<'_, S> = pool.iter().copied().filter(|e| e.in_rotation()).collect();
         let candidates = if in_rotation.len() * 2 < pool.len() { pool } else { in_rotation };
         // Weight 0 drains an endpoint: it gets calls only when nothing else can.
-        let weighted: Vec<&Arc<Member<S>>> = candidates.iter().copied().filter(|e| e.weight() > 0).collect();
+        let weighted: Pool<'_, S> = candidates.iter().copied().filter(|e| e.weight() > 0).collect();
         let candidates = if weighted.is_empty() { candidates } else { weighted };
         let chosen = match balance {
             // Every client must send a key to the same endpoint, wherever it runs.
@@ -112,7 +116,8 @@ impl<S> Endpoints<S> {
                 None => candidates[weighted_index(&candidates, None, rng)?],
             },
             Balance::PeakEwma | Balance::RoundRobin => {
-                let (local, remote): (Vec<_>, Vec<_>) = candidates.iter().copied().partition(|e| e.local());
+                let (local, remote): (Pool<'_, S>, Pool<'_, S>) =
+                    candidates.iter().copied().partition(|e| e.local());
                 if local.is_empty() || remote.is_empty() {
                     self.choose(balance, &candidates, rng)?
                 } else {

@@ -114,7 +114,10 @@ where
         if let Some(deadline) = deadline {
             // Encoded once per attempt, from what is left now.
             let encoded = Bytes::from(encode_grpc_timeout(deadline.remaining()));
-            if let Ok(value) = HeaderValue::from_maybe_shared(encoded) {
+            if let Ok(mut value) = HeaderValue::from_maybe_shared(encoded) {
+                // Different on every call: kept out of the HPACK tables, where
+                // it would only evict the headers that repeat.
+                value.set_sensitive(true);
                 req.headers_mut().insert(GRPC_TIMEOUT, value);
             }
         }

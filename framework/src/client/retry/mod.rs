@@ -246,6 +246,31 @@ fn request_body_error(method: &str, status: &tonic::Status) -> CallError {
     CallError::RequestBody { method: method.to_owned(), reason, code }
 }
 
+/// The request's bytes: a single-message request is one frame, kept as
+/// is; more are joined.
+async fn read_body(body: Body) -> Result<Bytes, tonic::Status> {
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        match &first {
+            None => first = Some(data),
+            Some(_) => rest.extend_from_slice(&data),
+        }
+    }
+    Ok(match first {
+        None => Bytes::new(),
+        Some(first) if rest.is_empty() => first,
+        Some(first) => {
+            let mut joined = bytes::BytesMut::with_capacity(first.len() + rest.len());
+            joined.extend_from_slice(&first);
+            joined.extend_from_slice(&rest);
+            joined.freeze()
+        }
+    })
+}
+
 /// Sends the call, and again to other endpoints where that is safe.
 async fn attempts<S>(
     shared: Arc<Shared>,
@@ -258,8 +283,8 @@ where
     S::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
-    let body = match body.collect().await {
-        Ok(body) => body.to_bytes(),
+    let body = match read_body(body).await {
+        Ok(body) => body,
         Err(status) => return Err(request_body_error(parts.uri.path(), &status).into()),
     };
     // A key set in code wins over the proto's hash_key field.

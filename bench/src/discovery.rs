@@ -14,7 +14,7 @@
 //! another, so 4 or 5 are always up). Deregistered servers keep running, so
 //! no call should fail.
 
-mod etcd;
+pub(crate) mod etcd;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

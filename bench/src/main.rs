@@ -36,6 +36,7 @@ mod proto {
 mod buildtime;
 mod discovery;
 mod failing;
+mod fleet;
 mod h2load;
 mod overhead;
 mod peers;
@@ -93,6 +94,9 @@ enum Scenario {
     H2load,
     /// Build times: the codegen step, and a service crate built from scratch.
     Build,
+    /// 10,000 instances in a real etcd, one client: first view, changes,
+    /// memory, per-call cost at 10 to 10,000 instances, connections.
+    Fleet,
 }
 
 /// Echoes after a fixed simulated service time.
@@ -373,6 +377,9 @@ async fn main() {
     }
     if matches!(args.scenario, Scenario::All | Scenario::H2load) {
         results.insert("h2load".into(), h2load::run(args.quick).await);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Fleet) {
+        results.insert("fleet".into(), fleet::run(args.quick).await);
     }
     if matches!(args.scenario, Scenario::All | Scenario::Build) {
         let quick = args.quick;

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where Debian's `etcd-server` installs etcd.
-pub(super) const BINARY: &str = "/usr/bin/etcd";
+pub(crate) const BINARY: &str = "/usr/bin/etcd";
 
 /// How long etcd may take to answer after it starts.
 const START: Duration = Duration::from_secs(20);
 
 /// A running etcd with its data in a temporary directory.
 #[derive(Debug)]
-pub(super) struct Etcd {
+pub(crate) struct Etcd {
     process: Child,
     client_port: u16,
     _dir: tempfile::TempDir,
@@ -28,7 +28,7 @@ impl Etcd {
     ///
     /// When etcd is not installed, does not start, or is not healthy in time;
     /// the message says which, with the end of etcd's log.
-    pub(super) async fn start() -> Result<Etcd, String> {
+    pub(crate) async fn start() -> Result<Etcd, String> {
         if !Path::new(BINARY).is_file() {
             return Err(format!("{BINARY} is missing (apt-get install etcd-server)"));
         }
@@ -76,7 +76,12 @@ impl Etcd {
     }
 
     /// The registry URL of this etcd, with `query` such as `?ttl=3s`.
-    pub(super) fn url(&self, query: &str) -> String {
+    /// Where its clients connect, for an etcd client of the bench's own.
+    pub(crate) fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub(crate) fn url(&self, query: &str) -> String {
         format!("etcd://127.0.0.1:{}{query}", self.client_port)
     }
 

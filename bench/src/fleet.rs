@@ -65,7 +65,8 @@ pub(crate) async fn run(quick: bool) -> serde_json::Value {
         views.push((registry, resolution));
         rss.push(rss_bytes());
     }
-    let growth: Vec<f64> = rss.windows(2).skip(1).map(|w| w[1].saturating_sub(w[0]) as f64 / 10_000.0).collect();
+    let growth: Vec<f64> =
+        rss.windows(2).skip(1).map(|w| w[1].saturating_sub(w[0]) as f64 / 10_000.0).collect();
     let per_instance = crate::median(growth);
     let (_registry, mut resolution) = views.pop().expect("one view");
     drop(views);
@@ -131,7 +132,8 @@ pub(crate) async fn run(quick: bool) -> serde_json::Value {
         &summaries,
         0,
     );
-    let ready: Vec<(usize, Duration, usize)> = channels.iter().map(|(n, _, ready, held)| (*n, *ready, *held)).collect();
+    let ready: Vec<(usize, Duration, usize)> =
+        channels.iter().map(|(n, _, ready, held)| (*n, *ready, *held)).collect();
 
     let ms = |d: &Duration| d.as_secs_f64() * 1e3;
     let first_ms = crate::median(first_view.iter().map(ms).collect());

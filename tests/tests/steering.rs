@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use trellis::Registry;
 use trellis::client::{Balance, ClientConfig, Clients};
-use trellis::registry::Metadata;
+use trellis::registry::{Instance, Metadata};
 use trellis::testing::Fleet;
 use trellis_tests::EchoService;
 use trellis_tests::proto::trellis::test::echo::v1::echo_server::EchoServer;
@@ -115,4 +116,32 @@ async fn each_client_calls_a_subset_of_a_large_fleet_and_together_they_cover_it(
         reached.extend(called);
     }
     assert!(reached.len() >= 5, "twelve clients spread over the fleet: {reached:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_changed_in_the_registry_reaches_the_client() {
+    let fleet = fleet(&[(100, "a"), (100, "a")]).await;
+    // A registry of its own listing the fleet's two servers, with weights the test sets.
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::from_url(&format!("local://{}?poll=10ms", dir.path().display())).unwrap();
+    let listing = |index: usize, weight: u32| {
+        let metadata = Metadata { weight, ..Metadata::default() };
+        Instance::new(ECHO_SERVICE_NAME, fleet.instance(index).endpoint(), metadata)
+    };
+    let _first = registry.register(listing(0, 100)).await.unwrap();
+    let second = registry.register(listing(1, 100)).await.unwrap();
+    let config = ClientConfig { balance: Some(Balance::RoundRobin), ..ClientConfig::default() };
+    let client =
+        EchoClient::discover(Clients::new(registry.clone()).with_config(ECHO_SERVICE_NAME, config)).unwrap();
+    assert_eq!(spread(&fleet, &client, 100, 2).await, [50, 50]);
+
+    // The second instance registers again with weight 0: drained, without a restart.
+    let _again = registry.register(listing(1, 0)).await.unwrap();
+    second.deregister().await.unwrap();
+    let started = std::time::Instant::now();
+    while spread(&fleet, &client, 10, 1).await[1] > 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the new weight reaches the client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(spread(&fleet, &client, 100, 2).await, [100, 0], "drained");
 }

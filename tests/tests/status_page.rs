@@ -2,7 +2,8 @@
 //! `chromium`) loads the admin listener of an instance whose client calls a
 //! 3-instance fleet with one instance failing, runs the page's script, and
 //! shows the failing endpoint ejected. The screenshot is `docs/status-page.png`
-//! (rewritten when `TRELLIS_UPDATE_SCREENSHOT=1`).
+//! (rewritten when `UPDATE_SCREENSHOT=1`; not a `TRELLIS_` variable,
+//! which every Trellis process would read as configuration).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,6 +108,9 @@ async fn the_status_page_shows_the_fleet_with_one_endpoint_ejected() {
     let status: serde_json::Value =
         serde_json::from_str(&trellis_tests::scrape::get(admin, "/status.json").await.expect("status").1)
             .expect("json");
+    let client = &status["clients"][0];
+    assert_eq!(client["instances"], 3, "every listed instance: {client}");
+    assert!(client["endpoints"].as_array().is_some_and(|e| e.iter().all(|e| e["weight"] == 100)), "{client}");
     let history = &status["clients"][0]["history"][&addrs[0]];
     let rates = history["rate"].as_array().expect("rates");
     assert!(rates.len() >= 5, "{history}");
@@ -148,7 +152,7 @@ async fn the_status_page_shows_the_fleet_with_one_endpoint_ejected() {
     }
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000, "{} bytes", png.len());
-    if std::env::var_os("TRELLIS_UPDATE_SCREENSHOT").is_some() {
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/status-page.png");
         std::fs::write(&docs, png).expect("write docs/status-page.png");
     }

@@ -84,6 +84,8 @@ mod tests {
             service: "s.v1.S",
             registry: String::new(),
             balance: String::new(),
+            zone: None,
+            instances: 1,
             registry_answered_seconds_ago: None,
             registry_error: None,
             endpoints: vec![EndpointSnapshot {
@@ -93,6 +95,8 @@ mod tests {
                 load_ms: 0.0,
                 latency_ms: 2.0,
                 calls,
+                weight: 100,
+                local: false,
                 last_failure: String::new(),
             }],
             breakers: Vec::new(),

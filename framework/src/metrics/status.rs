@@ -124,6 +124,10 @@ pub(crate) struct EndpointSnapshot {
     pub(crate) latency_ms: f64,
     /// Attempts sent there so far.
     pub(crate) calls: u64,
+    /// Its instance's weight (share of calls; 0 drains it).
+    pub(crate) weight: u32,
+    /// Whether its instance is in the client's own zone.
+    pub(crate) local: bool,
     /// Why it was last ejected, if it was.
     pub(crate) last_failure: String,
 }
@@ -141,6 +145,11 @@ pub(crate) struct ChannelSnapshot {
     pub(crate) service: &'static str,
     pub(crate) registry: String,
     pub(crate) balance: String,
+    /// The client's own zone, whose instances it prefers.
+    pub(crate) zone: Option<String>,
+    /// The instances the registry lists; the channel connects to
+    /// `endpoints`, a subset of them in a large fleet.
+    pub(crate) instances: usize,
     /// Seconds since the registry last answered this channel, if it has.
     pub(crate) registry_answered_seconds_ago: Option<f64>,
     pub(crate) registry_error: Option<String>,

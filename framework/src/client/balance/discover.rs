@@ -122,8 +122,9 @@ fn apply<S>(
     connect: &Connector<S>,
     instances: &[Instance],
 ) -> u64 {
-    let placements =
-        subset(placements(instances, shared.zone.as_deref()), shared.subset_size, shared.subset_seed);
+    let all = placements(instances, shared.zone.as_deref());
+    shared.instances.store(all.len(), std::sync::atomic::Ordering::Relaxed);
+    let placements = subset(all, shared.subset_size, shared.subset_seed);
     let old = shared.endpoints.snapshot();
     let known: BTreeSet<&Endpoint> = old.iter().map(|m| &m.endpoint).collect();
     let mut changes = 0;

@@ -124,6 +124,8 @@ struct Shared<S> {
     /// The most endpoints connected to, and this channel's seed for choosing them.
     subset_size: usize,
     subset_seed: u64,
+    /// The endpoints the registry lists, the subset's and others.
+    instances: std::sync::atomic::AtomicUsize,
     endpoints: Endpoints<S>,
     /// Bumped on every change of endpoints, to wake attempts waiting for one.
     changed: watch::Receiver<u64>,
@@ -183,6 +185,7 @@ impl<S: Send + Sync + 'static> Balancer<S> {
             zone,
             subset_size,
             subset_seed: fastrand::u64(..),
+            instances: std::sync::atomic::AtomicUsize::new(0),
             endpoints: Endpoints::default(),
             changed,
             registry_error: Mutex::new(None),
@@ -220,6 +223,8 @@ impl<S: Send + Sync + 'static> Balancer<S> {
             service: shared.service,
             registry: shared.registry.clone(),
             balance: balance.as_ref().and_then(|b| b.as_str()).unwrap_or_default().to_owned(),
+            zone: shared.zone.clone(),
+            instances: shared.instances.load(std::sync::atomic::Ordering::Relaxed),
             registry_answered_seconds_ago: shared.counters.metrics.registry_answer_age(),
             registry_error: shared.registry_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
             endpoints,

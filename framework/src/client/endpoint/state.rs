@@ -318,6 +318,8 @@ impl EndpointState {
             load_ms: self.load() / 1e6,
             latency_ms: self.mean_latency().as_secs_f64() * 1e3,
             calls: self.calls.load(Ordering::Relaxed),
+            weight: self.weight(),
+            local: self.local(),
             last_failure,
         }
     }

@@ -158,12 +158,13 @@ pub(crate) fn upgrade(args: &UpgradeArgs) -> Result<ExitCode, Error> {
         if plan.iter().any(|p| p.path == file.path) {
             continue;
         }
-        let template = template::find(name).ok_or_else(|| {
-            Error::msg(format!(
-                "{} was made from the template `{name}`, which this trellis no longer has",
-                file.path
-            ))
-        })?;
+        let Some(template) = template::find(name) else {
+            // Dropped from the template (such as src/health.rs, now in every
+            // binary): the file is the user's now.
+            println!("keep    {} (no longer written by trellis; delete it if nothing uses it)", file.path);
+            manifest.files.retain(|f| f.path != file.path);
+            continue;
+        };
         let proto = file.vars.get("proto").cloned().unwrap_or_default();
         let names = ServiceNames::new(&proto, file.vars.get("package").map(String::as_str))?;
         let description = file.vars.get("description").unwrap_or(&manifest.service.description).clone();

@@ -173,6 +173,31 @@ fn upgrade_updates_untouched_files_and_never_overwrites_edited_ones() {
 }
 
 #[test]
+fn a_file_the_template_no_longer_writes_is_kept_as_the_users() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = scaffold(tmp.path(), "greeter");
+    // src/health.rs, as the template wrote it before every binary had `health`.
+    let old = "//! `greeter health`.\n";
+    std::fs::write(dir.join("src/health.rs"), old).unwrap();
+    let manifest_path = dir.join(".trellis/manifest.toml");
+    let mut manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    manifest.push_str(&format!(
+        "\n[[file]]\npath = \"src/health.rs\"\ntemplate = \"src/health_rs\"\nhash = \"{}\"\n",
+        sha256(old)
+    ));
+    std::fs::write(&manifest_path, manifest).unwrap();
+
+    let out = run(&["upgrade", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("keep    src/health.rs (no longer written by trellis"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(dir.join("src/health.rs")).unwrap(), old, "left as it was");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    assert!(!manifest.contains("src/health.rs"), "no longer recorded: {manifest}");
+    let out = run(&["upgrade", dir.to_str().unwrap()]);
+    assert!(out.status.success() && !text(&out).contains("keep"), "{}", text(&out));
+}
+
+#[test]
 fn doctor_passes_a_new_crate_and_names_each_problem_of_a_broken_one() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = scaffold(tmp.path(), "greeter");

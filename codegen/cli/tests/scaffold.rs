@@ -84,7 +84,7 @@ async fn a_new_service_builds_tests_runs_and_stops_cleanly() {
         .await
         .unwrap();
     assert!(out.status.success(), "greeter health: {}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{addr}: the server is SERVING"));
 
     let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
     kill(pid, Signal::SIGTERM).unwrap();

@@ -207,3 +207,44 @@ fn an_unwritable_database_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&db.display().to_string()), "{stderr}");
 }
+
+#[test]
+fn the_health_subcommand_asks_the_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let listen = addr.to_string();
+    let health = |args: &[&str]| {
+        let out = run(command(&dir).args(["--listen", &listen, "health"]).args(args));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let (code, text) = health(&["--timeout", "1"]);
+    assert_eq!(code, Some(1), "nothing listens yet: {text}");
+    assert!(text.contains(&listen) && text.contains("is the server running there?"), "{text}");
+
+    let mut server = command(&dir).args(["--listen", &listen]).stdin(Stdio::null()).spawn().expect("start");
+    let started = std::time::Instant::now();
+    // The configured listen address is asked: no --addr needed.
+    while health(&[]).0 != Some(0) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the server turns SERVING");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, text) = health(&["--service", "order.payment.v1.OrderPayment"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("order.payment.v1.OrderPayment is SERVING"), "{text}");
+    let (code, text) = health(&["--service", "no.such.v1.Service"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("SERVICE_UNKNOWN"), "{text}");
+    let (code, text) = health(&["--addr", "not an address"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("HOST:PORT"), "{text}");
+    server.kill().expect("kill");
+    server.wait().expect("wait");
+
+    // With port 0 configured there is nothing to ask: it says what to pass.
+    let out = run(command(&dir).arg("health"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--addr HOST:PORT"), "{text}");
+}

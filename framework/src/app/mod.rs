@@ -1,6 +1,8 @@
 //! The command line every Trellis service binary shares, and the [`Context`]
 //! a service's setup code receives.
 
+mod health;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -48,6 +50,12 @@ use crate::telemetry::LogFormat;
 /// -s, --set KEY=VALUE    any setting, such as shutdown.drain_timeout=30s
 /// -h, --help / -V, --version
 /// ```
+///
+/// and a `health` subcommand, `NAME health [--addr HOST:PORT] [--service
+/// NAME] [--timeout SECONDS]`, that asks a running server over gRPC whether
+/// it is `SERVING` (exit status 0 if it is): a container's `HEALTHCHECK`
+/// without a downloaded probe. Without `--addr` it asks the configured
+/// `listen` address.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct App {
@@ -118,6 +126,15 @@ impl App {
                 return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
             }
         };
+        if let Some(health) = matches.subcommand_matches("health") {
+            return match Context::from_matches(self.name, self.version, &matches, self.sections) {
+                Ok(ctx) => health::run(self.name, &ctx.config, health),
+                Err(err) => {
+                    eprintln!("{}: error: {err}", self.name);
+                    ExitCode::from(2)
+                }
+            };
+        }
         let ctx = match Context::from_matches(self.name, self.version, &matches, self.sections) {
             Ok(mut ctx) => {
                 ctx.config.admin.listen = ctx.config.admin.listen.or(self.admin);
@@ -212,7 +229,8 @@ impl App {
                     .value_name("KEY=VALUE")
                     .action(ArgAction::Append)
                     .help("Set any configuration key, e.g. shutdown.drain_timeout=30s (repeatable)"),
-            );
+            )
+            .subcommand(health::command());
         if let Some(about) = self.about {
             cmd = cmd.about(about);
         }

@@ -1,6 +1,23 @@
-//! Compiles the protos this service serves and calls.
+//! Compiles every `.proto` under `proto/` (`trellis add proto` puts new ones
+//! there, so nothing here changes when you add one).
+
+use std::path::{Path, PathBuf};
 
 fn main() {
-    // The status service serves its own proto and calls the other two.
-    trellis_build::compile(&["../../proto/order/status/v1/status.proto"], &["../../proto"]);
+    let mut protos = Vec::new();
+    find_protos(Path::new("proto"), &mut protos);
+    protos.sort();
+    trellis_build::compile(&protos, &["proto"]);
+}
+
+fn find_protos(dir: &Path, protos: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display())).path();
+        if path.is_dir() {
+            find_protos(&path, protos);
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            protos.push(path);
+        }
+    }
 }

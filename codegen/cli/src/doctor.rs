@@ -64,7 +64,17 @@ pub(crate) fn run(args: &DoctorArgs) -> Result<ExitCode, Error> {
             ))
         })?
         .to_owned();
-    let section = name.replace('-', "_");
+    // The sections the service reads itself: `[package.metadata.trellis]
+    // sections = [...]` when the crate lists them, else the one `trellis new`
+    // writes, named after the crate.
+    let listed: Option<Vec<String>> = manifest
+        .get("package")
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("trellis"))
+        .and_then(|t| t.get("sections"))
+        .and_then(toml::Value::as_array)
+        .map(|sections| sections.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect());
+    let sections = listed.unwrap_or_else(|| vec![name.replace('-', "_")]);
     let mut findings = Vec::new();
 
     let services = match compile_protos(dir, None) {
@@ -96,7 +106,8 @@ pub(crate) fn run(args: &DoctorArgs) -> Result<ExitCode, Error> {
             "pass the service's config file with --config",
         )),
         Some(text) => {
-            match trellis::config::check_file(&config_path, &[section.as_str()]) {
+            let own: Vec<&str> = sections.iter().map(String::as_str).collect();
+            match trellis::config::check_file(&config_path, &own) {
                 Ok(()) => findings
                     .push(Finding::ok("config keys", format!("all known in {}", config_path.display()))),
                 Err(problem) => findings.push(Finding::problem(

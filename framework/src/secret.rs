@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// What a secret is shown as.
 pub(crate) const REDACTED: &str = "REDACTED";
 
-/// A value shown only as `REDACTED`; see the [module docs](self).
+/// A value shown only as `REDACTED`: a string in configuration (a token, a
+/// password) that never shows in logs, errors or `Debug`.
 ///
 /// ```
 /// let token = trellis::Secret::new("hunter2".to_owned());

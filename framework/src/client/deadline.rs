@@ -52,7 +52,7 @@ impl Deadline {
     }
 }
 
-/// Gives every call a deadline; see the [module docs](self).
+/// Gives every call a deadline; see the [client stack](crate::client).
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     service: &'static str,

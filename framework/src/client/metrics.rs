@@ -221,7 +221,7 @@ impl Table {
 }
 
 /// Times every call and counts those that failed before sending; see the
-/// [module docs](self).
+/// [client stack](crate::client).
 #[derive(Debug, Clone)]
 pub struct ClientMetricsLayer {
     table: Arc<Table>,

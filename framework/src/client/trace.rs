@@ -33,7 +33,7 @@ use crate::error::{BoxError, into_status};
 use crate::protocol::end::{CallEnd, Ending};
 use crate::telemetry::span::{self, FinishedSpan, SpanKind};
 
-/// Puts a `traceparent` on every call; see the [module docs](self).
+/// Puts a `traceparent` on every call; see the [client stack](crate::client).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceLayer;
 

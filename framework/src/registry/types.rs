@@ -160,7 +160,7 @@ fn unique_id(endpoint: &Endpoint) -> String {
     format!("{host}-{}-{:012x}", endpoint.port, hasher.finish() & 0xffff_ffff_ffff)
 }
 
-/// A kind of registry. Implement this to add one; [`Registry`] wraps it.
+/// A kind of registry. Implement this to add one; [`Registry`](super::Registry) wraps it.
 pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// Registers `instance` and keeps it registered (renewing any lease in
     /// the background, re-registering after an outage) until the returned

@@ -148,7 +148,7 @@ impl<S> fmt::Debug for Shared<S> {
 }
 
 /// Sends each attempt to one instance of a service; see the
-/// [module docs](self).
+/// [client stack](crate::client).
 pub struct Balancer<S = tonic::transport::Channel> {
     shared: Arc<Shared<S>>,
 }

@@ -69,7 +69,7 @@ impl MethodBreaker {
 type Breakers = PerMethod<Arc<MethodBreaker>>;
 
 /// Fails calls fast while their method keeps failing; see the
-/// [module docs](self).
+/// [client stack](crate::client).
 #[derive(Debug, Clone)]
 pub struct BreakerLayer {
     service: &'static str,

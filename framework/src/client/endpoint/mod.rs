@@ -67,7 +67,7 @@ impl<S> Layer<S> for EndpointLayer {
     }
 }
 
-/// The service [`EndpointLayer`] makes; see the [module docs](self).
+/// The service [`EndpointLayer`] makes; see the [client stack](crate::client).
 #[derive(Debug, Clone)]
 pub struct EndpointService<S> {
     inner: S,

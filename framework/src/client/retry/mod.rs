@@ -98,7 +98,7 @@ struct Shared {
     counters: Arc<Counters>,
 }
 
-/// Retries and hedges; see the [module docs](self).
+/// Retries and hedges; see the [client stack](crate::client).
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
     shared: Arc<Shared>,

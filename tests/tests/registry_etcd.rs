@@ -245,6 +245,34 @@ async fn a_registration_is_seen_and_so_is_its_deregistration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_larger_than_one_read_is_read_whole() {
+    bounded(async {
+        let etcd = Cluster::start(1).await;
+        // 4,500 instances, written in transactions: more than two pages of the first read.
+        let mut kv = etcd_client::Client::connect([etcd.url("").replace("etcd://", "http://")], None)
+            .await
+            .expect("etcd client");
+        let put = |i: usize| {
+            let mut instance = echo_instance(SocketAddr::from(([127, 0, 0, 1], 1 + (i % 60_000) as u16)));
+            instance.id = format!("fleet-{i:05}");
+            let key = format!("/trellis/services/{ECHO_SERVICE_NAME}/{}", instance.id);
+            etcd_client::TxnOp::put(key, serde_json::to_vec(&instance).expect("json"), None)
+        };
+        for chunk in (0..4_500).collect::<Vec<_>>().chunks(100) {
+            let ops: Vec<_> = chunk.iter().map(|&i| put(i)).collect();
+            kv.txn(etcd_client::Txn::new().and_then(ops)).await.expect("txn");
+        }
+        let registry = Registry::from_url(&etcd.url("")).expect("registry");
+        let mut resolution = registry.resolve(ECHO_SERVICE_NAME).await.expect("resolve");
+        assert_eq!(resolution.current().len(), 4_500, "every instance, across pages");
+        // The watch starts at the revision the pages were read at: nothing is missed.
+        kv.delete(format!("/trellis/services/{ECHO_SERVICE_NAME}/fleet-00007"), None).await.expect("delete");
+        wait_for(&mut resolution, Duration::from_secs(5), |i| i.len() == 4_499).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_lease_expires_within_its_ttl() {
     bounded(async {
         let etcd = Cluster::start(1).await;

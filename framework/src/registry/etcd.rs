@@ -8,8 +8,9 @@
 //! the renewals keep being retried, and if the lease expired meanwhile the
 //! instance is registered again under a new lease.
 //!
-//! A resolution reads the service's keys, then watches them from the
-//! revision it read. When the watch breaks it keeps the last instances,
+//! A resolution reads the service's keys (in pages of 2,000, at one
+//! revision, so a fleet of any size fits etcd's message limit), then watches
+//! them from the revision it read. When the watch breaks it keeps the last instances,
 //! reconnects with backoff, reads the keys again and watches anew.
 //!
 //! Requests are spread over all the listed members and each is bounded, so
@@ -323,6 +324,24 @@ fn decode(kv: &KeyValue) -> Option<(String, Instance)> {
     }
 }
 
+/// Keys read per request: about 500 KB of instances, well under the etcd
+/// client's 4 MiB message limit, so a fleet of any size is read in pages.
+const PAGE: i64 = 2_000;
+
+/// The end of the key range that holds every key starting with `prefix`
+/// (as etcd's own `--prefix`: the last byte that can be, incremented).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every key.
+    vec![0]
+}
+
 /// Follows the keys of one service into a resolution's channel.
 struct Follower {
     client: Client,
@@ -335,17 +354,39 @@ struct Follower {
 }
 
 impl Follower {
-    /// Reads every key of the service and publishes them; returns the revision read.
+    /// Reads every key of the service, in pages of [`PAGE`] at the revision
+    /// of the first, and publishes them; returns the revision read.
     async fn load(&mut self, deadline: Instant) -> Result<i64, String> {
-        let response = retry(deadline, || {
-            let (mut kv, prefix) = (self.client.kv_client(), self.prefix.clone());
-            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await?;
-        self.heartbeat.beat();
-        self.instances = response.kvs().iter().filter_map(decode).collect();
+        let end = prefix_end(self.prefix.as_bytes());
+        let mut instances = BTreeMap::new();
+        let mut from = self.prefix.clone().into_bytes();
+        // 0 reads the latest revision: the first page's, which the others then read at.
+        let mut revision = 0;
+        loop {
+            let response = retry(deadline, || {
+                let (mut kv, key) = (self.client.kv_client(), from.clone());
+                let options =
+                    GetOptions::new().with_range(end.clone()).with_limit(PAGE).with_revision(revision);
+                async move { kv.get(key, Some(options)).await }
+            })
+            .await?;
+            self.heartbeat.beat();
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            instances.extend(response.kvs().iter().filter_map(decode));
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    // The next page starts right after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        self.instances = instances;
         self.publish();
-        Ok(response.header().map_or(0, |h| h.revision()))
+        Ok(revision)
     }
 
     fn publish(&self) {
@@ -485,6 +526,13 @@ mod tests {
     fn parse(url: &str) -> Result<Etcd, Error> {
         let rest = url.strip_prefix("etcd://").unwrap_or(url);
         Etcd::parse(&Target { url, rest, form: "etcd://HOST:PORT" })
+    }
+
+    #[test]
+    fn a_prefix_ends_where_etcd_ends_it() {
+        assert_eq!(prefix_end(b"/trellis/services/a.v1.A/"), b"/trellis/services/a.v1.A0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 
     #[test]

@@ -126,15 +126,6 @@ impl App {
                 return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
             }
         };
-        if let Some(health) = matches.subcommand_matches("health") {
-            return match Context::from_matches(self.name, self.version, &matches, self.sections) {
-                Ok(ctx) => health::run(self.name, &ctx.config, health),
-                Err(err) => {
-                    eprintln!("{}: error: {err}", self.name);
-                    ExitCode::from(2)
-                }
-            };
-        }
         let ctx = match Context::from_matches(self.name, self.version, &matches, self.sections) {
             Ok(mut ctx) => {
                 ctx.config.admin.listen = ctx.config.admin.listen.or(self.admin);
@@ -145,6 +136,9 @@ impl App {
                 return ExitCode::from(2);
             }
         };
+        if let Some(health) = matches.subcommand_matches("health") {
+            return health::run(self.name, &ctx.config, health);
+        }
         if let Err(err) = crate::telemetry::init(&ctx.config.log)
             .and_then(|()| crate::telemetry::init_export(&ctx.config.trace, self.name))
         {

@@ -132,9 +132,7 @@ impl<S> Endpoints<S> {
         };
         Some(Pick { member: Arc::clone(chosen), probe: false })
     }
-}
 
-impl<S> Endpoints<S> {
     /// One of `candidates`, by `balance` (not hashing), in proportion to weight.
     fn choose<'a>(
         &self,

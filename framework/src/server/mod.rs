@@ -82,7 +82,7 @@ use crate::metrics::{Metrics, ServerInfo, ServerState};
 use crate::protocol::BUILTIN_STREAMING_PATHS;
 use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
 use crate::transport::tls::TlsConfig;
-use crate::transport::{Incoming, Listener};
+use crate::transport::{Coalesce, Incoming, Listener};
 
 /// How long one deregistration may take during shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -505,14 +505,14 @@ impl BoundServer {
             match listener.incoming() {
                 Incoming::Plain(incoming) => {
                     let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
-                        accepted.map(|io| IdleTimeout::new(io, idle_timeout))
+                        accepted.map(|io| Coalesce::new(IdleTimeout::new(io, idle_timeout)))
                     });
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
                 }
                 #[cfg(feature = "tls")]
                 Incoming::Tls(incoming) => {
                     let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
-                        accepted.map(|io| IdleTimeout::new(io, idle_timeout))
+                        accepted.map(|io| Coalesce::new(IdleTimeout::new(io, idle_timeout)))
                     });
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
                 }

@@ -5,12 +5,18 @@
 //! server that speaks TLS says `https`, and a client connects accordingly,
 //! with no per-client setting.
 
+mod coalesce;
 pub mod tls;
 
+pub(crate) use coalesce::Coalesce;
+
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::TcpIncoming;
 
 use crate::error::Error;
@@ -34,8 +40,7 @@ pub(crate) fn connect_lazy(
     let bad = |reason: String| Error::Endpoint { endpoint: endpoint.to_string(), reason };
     let mut channel = tonic::transport::Endpoint::from_shared(endpoint.uri())
         .map_err(|e| bad(format!("not a valid address: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .connect_timeout(CONNECT_TIMEOUT);
     if endpoint.scheme() == Scheme::Https {
         #[cfg(feature = "tls")]
         {
@@ -51,7 +56,37 @@ pub(crate) fn connect_lazy(
                 .to_owned()));
         }
     }
-    Ok(channel.connect_lazy())
+    Ok(channel.connect_with_connector_lazy(Connector))
+}
+
+/// Opens the client's TCP connections: `TCP_NODELAY` on (gRPC's small
+/// frames must not wait for Nagle's algorithm), writes coalesced
+/// ([`Coalesce`]). tonic puts TLS on top when the endpoint asks for it, and
+/// bounds the whole by [`CONNECT_TIMEOUT`].
+#[derive(Debug, Clone, Copy)]
+struct Connector;
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<Coalesce<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        Box::pin(async move {
+            let bad =
+                || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{uri}` has no host"));
+            // An IPv6 host keeps its brackets in a URI, not in a socket address.
+            let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']');
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            let stream = TcpStream::connect((host, port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(hyper_util::rt::TokioIo::new(Coalesce::new(stream)))
+        })
+    }
 }
 
 /// Why a connection or call failed, as the transport said it, with what a

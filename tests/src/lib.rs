@@ -141,6 +141,7 @@ pub struct Service {
     child: Child,
     addr: std::net::SocketAddr,
     rest: Option<std::net::SocketAddr>,
+    admin: Option<std::net::SocketAddr>,
     logs: mpsc::UnboundedReceiver<serde_json::Value>,
 }
 
@@ -177,19 +178,21 @@ impl Service {
                 }
             }
         });
-        let (addr, rest) = tokio::time::timeout(START_TIMEOUT, async {
+        let (addr, rest, admin) = tokio::time::timeout(START_TIMEOUT, async {
+            let mut said = Vec::new();
             while let Some(line) = logs.recv().await {
                 if line["message"] == "listening" {
                     let addr = line["addr"].as_str().expect("addr field");
-                    let rest = line["rest"].as_str().map(|rest| rest.parse().expect("REST address"));
-                    return (addr.parse().expect("socket address"), rest);
+                    let field = |key: &str| line[key].as_str().map(|a| a.parse().expect("socket address"));
+                    return (addr.parse().expect("socket address"), field("rest"), field("admin"));
                 }
+                said.push(line.to_string());
             }
-            panic!("{name} exited before listening");
+            panic!("{name} exited before listening; it said:\n{}", said.join("\n"));
         })
         .await
         .unwrap_or_else(|_| panic!("{name} did not start listening within {START_TIMEOUT:?}"));
-        Service { name: name.to_owned(), child, addr, rest, logs }
+        Service { name: name.to_owned(), child, addr, rest, admin, logs }
     }
 
     /// Where the service listens.
@@ -200,6 +203,11 @@ impl Service {
     /// Where REST listens when it has a listener of its own (`--rest-listen`).
     pub fn rest_addr(&self) -> Option<std::net::SocketAddr> {
         self.rest
+    }
+
+    /// Where the admin listener is, when it has one (`--admin-listen`).
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin
     }
 
     /// The process id, to read its memory from `/proc`.

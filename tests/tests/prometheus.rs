@@ -115,23 +115,26 @@ impl Drop for Prometheus {
 async fn prometheus_scrapes_the_order_services_and_counts_every_call() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("local://{}", dir.path().join("registry").display());
-    let admin = |_: &str| SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (payment_admin, shipping_admin, status_admin) =
-        (admin("payment"), admin("shipping"), admin("status"));
+    // Each admin listener on a port of its own choosing, read from its
+    // `listening` line (a port picked here could be taken before it binds).
+    let admin = ["--admin-listen", "127.0.0.1:0"];
     let payment_db = format!("payment.database={}", dir.path().join("p.sqlite3").display());
     let shipping_db = format!("shipping.database={}", dir.path().join("s.sqlite3").display());
-    let (pa, sa, ta) = (payment_admin.to_string(), shipping_admin.to_string(), status_admin.to_string());
-    let _payment =
-        Service::start("order-payment", &["--registry", &url, "--set", &payment_db, "--admin-listen", &pa])
+    let payment_service =
+        Service::start("order-payment", &[&["--registry", &url, "--set", &payment_db][..], &admin].concat())
             .await;
-    let _shipping =
-        Service::start("order-shipping", &["--registry", &url, "--set", &shipping_db, "--admin-listen", &sa])
-            .await;
-    let _status = Service::start("order-status", &["--registry", &url, "--admin-listen", &ta]).await;
+    let shipping_service = Service::start(
+        "order-shipping",
+        &[&["--registry", &url, "--set", &shipping_db][..], &admin].concat(),
+    )
+    .await;
+    let status_service = Service::start("order-status", &[&["--registry", &url][..], &admin].concat()).await;
+    let admin_of =
+        |service: &Service| service.admin_addr().expect("the listening line names the admin listener");
     let prometheus = Prometheus::start(&[
-        ("order-payment", payment_admin),
-        ("order-shipping", shipping_admin),
-        ("order-status", status_admin),
+        ("order-payment", admin_of(&payment_service)),
+        ("order-shipping", admin_of(&shipping_service)),
+        ("order-status", admin_of(&status_service)),
     ])
     .await;
 

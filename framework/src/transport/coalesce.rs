@@ -15,9 +15,11 @@
 //! asks to be polled again *after* the other ready tasks (a task that wakes
 //! itself goes to the back of tokio's run queue, not the LIFO slot), so the
 //! stream tasks that were ready add their frames first; the second flush
-//! writes them all. A connection with nothing else ready pays one extra poll
-//! of its task; one with many streams in flight writes once per round of the
-//! scheduler instead of once per stream. grpc-go's writer does the same: it
+//! writes them all. A connection with many streams in flight writes once per
+//! round of the scheduler instead of once per stream. One whose wait gathered
+//! nothing (a lone call) stops waiting for the next 1, 3, 7, then 15 flushes
+//! before it tries again, so it pays neither the extra poll nor the wake-up of
+//! another worker that re-queuing a task can cost. grpc-go's writer does the same: it
 //! flushes only when nothing more is queued.
 
 use std::io;
@@ -40,14 +42,34 @@ const LIMIT: usize = 64 * 1024;
 pub(crate) struct Coalesce<IO> {
     inner: IO,
     buf: BytesMut,
-    /// The current flush has already let the other ready tasks run once.
-    yielded: bool,
+    /// Where the current flush is.
+    flush: Flush,
+    /// Flushes left that write at once: after a yield that gathered
+    /// nothing, the next ones do not wait (1, 3, 7, then 15 of them), so a
+    /// lone call does not pay for a wait that never helps it.
+    skip: u8,
+    /// Yields in a row that gathered nothing, up to [`MAX_BACKOFF`].
+    backoff: u8,
+}
+
+/// At most 15 flushes write at once between two tries of a yield.
+const MAX_BACKOFF: u8 = 4;
+
+/// Where a flush is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// None under way.
+    Idle,
+    /// It has let the other ready tasks run once; the buffer's length then.
+    Yielded(usize),
+    /// It is writing the buffer out.
+    Draining,
 }
 
 impl<IO> Coalesce<IO> {
     /// Wraps `inner`.
     pub(crate) fn new(inner: IO) -> Self {
-        Coalesce { inner, buf: BytesMut::new(), yielded: false }
+        Coalesce { inner, buf: BytesMut::new(), flush: Flush::Idle, skip: 0, backoff: 0 }
     }
 }
 
@@ -123,13 +145,31 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.buf.is_empty() && !this.yielded {
-            this.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if !this.buf.is_empty() {
+            match this.flush {
+                Flush::Idle if this.skip > 0 => {
+                    this.skip -= 1;
+                    this.flush = Flush::Draining;
+                }
+                Flush::Idle => {
+                    this.flush = Flush::Yielded(this.buf.len());
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Flush::Yielded(before) => {
+                    if this.buf.len() > before {
+                        this.backoff = 0;
+                    } else {
+                        this.backoff = (this.backoff + 1).min(MAX_BACKOFF);
+                        this.skip = (1 << this.backoff) - 1;
+                    }
+                    this.flush = Flush::Draining;
+                }
+                Flush::Draining => {}
+            }
         }
         std::task::ready!(this.poll_drain(cx))?;
-        this.yielded = false;
+        this.flush = Flush::Idle;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -212,6 +252,42 @@ mod tests {
         assert!(conn.buf.is_empty());
         // With nothing buffered a flush does not yield.
         assert!(matches!(Pin::new(&mut conn).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn yields_that_gather_nothing_back_off_and_one_that_gathers_resets_them() {
+        let (mut conn, _far, _) = pair(1 << 20);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut flush = |conn: &mut Coalesce<Counting>, more: bool| {
+            let yielded = Pin::new(&mut *conn).poll_flush(&mut cx).is_pending();
+            if yielded && more {
+                assert!(Pin::new(&mut *conn).poll_write(&mut cx, b"more").is_ready());
+            }
+            if yielded {
+                assert!(matches!(Pin::new(&mut *conn).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+            }
+            yielded
+        };
+        // A lone frame per flush, nothing added while it waits (a single call):
+        // the yields become rarer, down to one flush in 16.
+        let mut yields = Vec::new();
+        for i in 0..40 {
+            conn.write_all(b"x").await.unwrap();
+            if flush(&mut conn, false) {
+                yields.push(i);
+            }
+        }
+        assert_eq!(yields, [0, 2, 6, 14, 30]);
+        // A yield during which another stream's frame arrives: the next flush
+        // waits again at once.
+        loop {
+            conn.write_all(b"x").await.unwrap();
+            if flush(&mut conn, true) {
+                break;
+            }
+        }
+        conn.write_all(b"x").await.unwrap();
+        assert!(flush(&mut conn, true));
     }
 
     #[tokio::test]

@@ -84,6 +84,12 @@ use crate::registry::{Endpoint, Instance, Lease, Metadata, Registry};
 use crate::transport::tls::TlsConfig;
 use crate::transport::{Coalesce, Incoming, Listener};
 
+/// What every accepted connection is served through: its writes
+/// coalesced, and closed once it sends nothing for `idle_timeout`.
+fn connection<IO>(io: IO, idle_timeout: Duration) -> Coalesce<IdleTimeout<IO>> {
+    Coalesce::new(IdleTimeout::new(io, idle_timeout))
+}
+
 /// How long one deregistration may take during shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -505,14 +511,14 @@ impl BoundServer {
             match listener.incoming() {
                 Incoming::Plain(incoming) => {
                     let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
-                        accepted.map(|io| Coalesce::new(IdleTimeout::new(io, idle_timeout)))
+                        accepted.map(|io| connection(io, idle_timeout))
                     });
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
                 }
                 #[cfg(feature = "tls")]
                 Incoming::Tls(incoming) => {
                     let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
-                        accepted.map(|io| Coalesce::new(IdleTimeout::new(io, idle_timeout)))
+                        accepted.map(|io| connection(io, idle_timeout))
                     });
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
                 }

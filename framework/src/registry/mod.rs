@@ -35,7 +35,6 @@
 
 #[cfg(feature = "consul")]
 mod consul;
-#[cfg(feature = "dns")]
 mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;

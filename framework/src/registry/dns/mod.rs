@@ -12,9 +12,15 @@
 //!   `order-payment-v1-orderpayment.svc.cluster.local`. Without `{service}`,
 //!   every service resolves to the same records.
 //! - `SERVER:PORT/` (an IP address, `[v6]:PORT` for IPv6) sends every query
-//!   to that DNS server, over UDP and TCP. Without it, the system's resolver
-//!   configuration (`/etc/resolv.conf`, with its search domains) is used.
+//!   to that DNS server, over UDP and TCP.
 //! - `interval` is how often the name is resolved again (default 5s).
+//!
+//! Who asks: `NAME:PORT` without a server goes through the system's resolver
+//! (`getaddrinfo`: `/etc/resolv.conf` with its search domains, `/etc/hosts`),
+//! in every build (`system.rs`); that is what a Kubernetes headless Service
+//! needs. SRV names and a server of your own need a DNS client, which the
+//! `dns` cargo feature brings (hickory-resolver, `hickory.rs`); without it
+//! such a URL is refused with the feature to turn on.
 //!
 //! The records are managed outside Trellis, by a Kubernetes headless service
 //! or Consul's DNS interface for example, so registering does nothing: an
@@ -25,7 +31,7 @@
 //! Answers are never cached, whatever their TTL.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -33,26 +39,21 @@ use super::poll::{Pace, Source, follow};
 use super::types::{Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, Resolution, unreachable};
 use super::url::Target;
 use crate::error::Error;
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{Name, RData, Record};
+#[cfg(feature = "dns")]
+mod hickory;
+mod system;
+
+#[cfg(all(feature = "dns", feature = "fuzzing"))]
+pub(super) use hickory::fuzz_answer;
 
 /// How often names are resolved again, unless `interval` says otherwise.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How long one query waits for an answer; short, so an outage does not
-/// hold up updates.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How many times a failed query is sent again.
-const RETRIES: usize = 1;
-
 /// The placeholder for the service name in NAME.
 const SERVICE: &str = "{service}";
 
-const FIX: &str = "check the DNS server address and that it is running";
+const FIX: &str = "check the DNS server address (the URL's, or the `nameserver` lines of /etc/resolv.conf) \
+                   and that it is running";
 
 /// The `dns://` backend.
 #[derive(Debug)]
@@ -118,6 +119,15 @@ impl Dns {
                 )));
             }
         };
+        if !cfg!(feature = "dns") && (server.is_some() || records == Records::Srv) {
+            let what = if records == Records::Srv { "an SRV name" } else { "a DNS server of its own" };
+            return Err(err(format!(
+                "this URL names {what}, which needs the `dns` cargo feature of trellis (a DNS \
+                 client), off in this build; enable it: trellis = {{ version = \"0.1\", features = \
+                 [\"dns\"] }}, or write NAME:PORT to resolve A/AAAA records through the system's \
+                 resolver"
+            )));
+        }
         let mut interval = DEFAULT_INTERVAL;
         for (key, value) in pairs {
             match key {
@@ -141,44 +151,26 @@ impl Dns {
     }
 
     /// The name to look up for `service`.
-    fn name_for(&self, service: &str) -> Result<Name, Error> {
+    fn name_for(&self, service: &str) -> Result<String, Error> {
         let name = self.name.replace(SERVICE, &service.to_ascii_lowercase().replace('.', "-"));
-        Name::from_ascii(&name).map_err(|e| Error::Registry {
+        check_name(&name).map_err(|why| Error::Registry {
             url: self.url.clone(),
-            reason: format!("`{name}`, the name for {service}, is not a DNS name: {e}"),
-        })
+            reason: format!("`{name}`, the name for {service}, is not a DNS name ({why})"),
+        })?;
+        Ok(name)
     }
 
-    /// A resolver that asks the configured server, without caching answers.
-    fn resolver(&self) -> Result<TokioResolver, Error> {
-        let mut builder = match self.server {
-            Some(server) => {
-                let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
-                for connection in &mut name_server.connections {
-                    connection.port = server.port();
-                }
-                let config = ResolverConfig::from_name_servers(vec![name_server]);
-                TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+    /// Who answers this URL's lookups of `name`.
+    fn resolver(&self, name: String) -> Result<Resolver, Error> {
+        match (self.server, self.records) {
+            (None, Records::Ip { port }) => Ok(Resolver::System { name, port }),
+            #[cfg(feature = "dns")]
+            (server, records) => {
+                Ok(Resolver::Hickory(Box::new(hickory::Lookups::new(&self.url, server, &name, records)?)))
             }
-            None => TokioResolver::builder_tokio().map_err(|e| {
-                unreachable(
-                    &self.url,
-                    format!("cannot read the system's resolver configuration: {e}"),
-                    "check /etc/resolv.conf, or name a DNS server as in dns://10.0.0.2:53/NAME",
-                )
-            })?,
-        };
-        let options = builder.options_mut();
-        options.timeout = QUERY_TIMEOUT;
-        options.attempts = RETRIES;
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        options.cache_size = 0;
-        options.positive_max_ttl = Some(Duration::ZERO);
-        options.negative_max_ttl = Some(Duration::ZERO);
-        if self.server.is_some() {
-            options.use_hosts_file = ResolveHosts::Never;
+            #[cfg(not(feature = "dns"))]
+            _ => unreachable!("refused by `parse` without the `dns` feature"),
         }
-        builder.build().map_err(|e| unreachable(&self.url, e, FIX))
     }
 }
 
@@ -194,72 +186,33 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     if bare.trim_end_matches('.').split('.').any(|label| label.is_empty() || label.len() > 63) {
         return Err("each dot-separated label must have 1 to 63 characters");
     }
+    if bare.trim_end_matches('.').len() > 253 {
+        return Err("it is longer than DNS's 253 characters");
+    }
     Ok(())
 }
 
-/// The instances of `service` that `name` resolves to now: none when the
-/// name does not exist or has no records.
-async fn lookup(
-    resolver: &TokioResolver,
-    name: &Name,
-    records: Records,
-    service: &str,
-) -> Result<Vec<Instance>, NetError> {
-    let mut found = BTreeMap::new();
-    match records {
-        Records::Ip { port } => {
-            for ip in addresses(resolver, name.clone()).await? {
-                found.entry(Endpoint::from(SocketAddr::new(ip, port))).or_insert(Metadata::default());
-            }
-        }
-        Records::Srv => {
-            let answers = match resolver.srv_lookup(name.clone()).await {
-                Ok(answers) => answers,
-                Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            };
-            for (target, port, metadata) in srv_targets(answers.answers()) {
-                for ip in addresses(resolver, target.clone()).await? {
-                    found.entry(Endpoint::from(SocketAddr::new(ip, port))).or_insert(metadata.clone());
-                }
-            }
-        }
-    }
-    let instances = found.into_iter().map(|(endpoint, metadata)| Instance {
-        id: endpoint.to_string(),
-        service: service.to_owned(),
-        endpoint,
-        metadata,
-    });
-    Ok(instances.collect())
+/// Who answers a service's lookups.
+#[derive(Debug)]
+enum Resolver {
+    /// The system's resolver, for the A and AAAA records of `name`.
+    System { name: String, port: u16 },
+    /// A DNS client of our own: SRV records, or a server named in the URL.
+    #[cfg(feature = "dns")]
+    Hickory(Box<hickory::Lookups>),
 }
 
-/// The targets, ports and weights of the SRV records in `answers`; a target
-/// of `.` (RFC 2782: no service here) and other record types are skipped.
-pub(super) fn srv_targets(answers: &[Record]) -> impl Iterator<Item = (&Name, u16, Metadata)> {
-    answers.iter().filter_map(|record| match &record.data {
-        RData::SRV(srv) if !srv.target.is_root() => {
-            Some((&srv.target, srv.port, Metadata { weight: srv.weight.into(), ..Metadata::default() }))
-        }
-        _ => None,
-    })
-}
-
-/// The instances the SRV records of a DNS answer (`message`, wire format)
-/// name, with their targets for addresses: what the fuzz target reads.
-#[cfg(feature = "fuzzing")]
-pub(crate) fn fuzz_answer(message: &[u8]) -> Result<Vec<(String, u16, u32)>, String> {
-    let message = hickory_resolver::proto::op::Message::from_vec(message).map_err(|e| e.to_string())?;
-    Ok(srv_targets(&message.answers).map(|(name, port, m)| (name.to_string(), port, m.weight)).collect())
-}
-
-/// The A and AAAA addresses of `name`; none when it has none.
-async fn addresses(resolver: &TokioResolver, name: Name) -> Result<Vec<IpAddr>, NetError> {
-    match resolver.lookup_ip(name).await {
-        Ok(found) => Ok(found.iter().collect()),
-        Err(e) if e.is_no_records_found() => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+/// Instances, one per endpoint, from (endpoint, metadata) pairs found.
+fn instances(found: BTreeMap<Endpoint, Metadata>, service: &str) -> Vec<Instance> {
+    found
+        .into_iter()
+        .map(|(endpoint, metadata)| Instance {
+            id: endpoint.to_string(),
+            service: service.to_owned(),
+            endpoint,
+            metadata,
+        })
+        .collect()
 }
 
 /// A registration that registered nothing.
@@ -290,10 +243,8 @@ impl Backend for Dns {
         let service = service.to_owned();
         Box::pin(async move {
             let name = self.name_for(&service)?;
-            let source =
-                Lookup { resolver: self.resolver()?, name, records: self.records, service: service.clone() };
+            let source = Lookup { resolver: self.resolver(name.clone())?, service: service.clone() };
             let what = format!("resolving {service} in {}", self.url);
-            let name = source.name.clone();
             follow(service, what, Pace::every(self.interval), source)
                 .await
                 .map_err(|e| unreachable(&self.url, format!("looking up {name}: {e}"), FIX))
@@ -304,17 +255,29 @@ impl Backend for Dns {
 /// The lookups of one service's records.
 #[derive(Debug)]
 struct Lookup {
-    resolver: TokioResolver,
-    name: Name,
-    records: Records,
+    resolver: Resolver,
     service: String,
 }
 
 impl Source for Lookup {
-    type Error = NetError;
+    type Error = String;
 
-    async fn fetch(&mut self) -> Result<Option<Vec<Instance>>, NetError> {
-        lookup(&self.resolver, &self.name, self.records, &self.service).await.map(Some)
+    async fn fetch(&mut self) -> Result<Option<Vec<Instance>>, String> {
+        let mut found = BTreeMap::new();
+        match &self.resolver {
+            Resolver::System { name, port } => {
+                let (name, port) = (name.clone(), *port);
+                let addresses = tokio::task::spawn_blocking(move || system::addresses(&name))
+                    .await
+                    .map_err(|e| format!("the lookup stopped: {e}"))??;
+                for ip in addresses {
+                    found.entry(Endpoint::from(SocketAddr::new(ip, port))).or_default();
+                }
+            }
+            #[cfg(feature = "dns")]
+            Resolver::Hickory(lookups) => lookups.find(&mut found).await.map_err(|e| e.to_string())?,
+        }
+        Ok(Some(instances(found, &self.service)))
     }
 }
 
@@ -332,7 +295,15 @@ mod tests {
         let dns = parse("dns://payment.default.svc:50051").unwrap();
         assert_eq!((dns.server, dns.name.as_str()), (None, "payment.default.svc"));
         assert_eq!((dns.records, dns.interval), (Records::Ip { port: 50051 }, DEFAULT_INTERVAL));
+        assert!(matches!(
+            dns.resolver("payment.default.svc".into()),
+            Ok(Resolver::System { port: 50051, .. })
+        ));
+    }
 
+    #[cfg(feature = "dns")]
+    #[test]
+    fn srv_names_and_servers_of_their_own_parse_with_the_dns_feature() {
         let dns = parse("dns://10.0.0.2:53/_grpc._tcp.payment.example?interval=200ms").unwrap();
         assert_eq!(dns.server, Some(SocketAddr::from(([10, 0, 0, 2], 53))));
         assert_eq!((dns.records, dns.interval), (Records::Srv, Duration::from_millis(200)));
@@ -340,15 +311,31 @@ mod tests {
         let dns = parse("dns://[::1]:5353/{service}.svc.cluster.local.:7").unwrap();
         assert_eq!(dns.server.map(|s| s.to_string()).as_deref(), Some("[::1]:5353"));
         assert_eq!(dns.records, Records::Ip { port: 7 });
+        assert!(matches!(dns.resolver("a.svc.cluster.local.".into()), Ok(Resolver::Hickory(_))));
+    }
+
+    #[cfg(not(feature = "dns"))]
+    #[test]
+    fn srv_names_and_servers_of_their_own_name_the_dns_feature_without_it() {
+        for url in ["dns://10.0.0.2:53/payment.example:1", "dns://_grpc._tcp.payment.example"] {
+            let msg = parse(url).unwrap_err().to_string();
+            assert!(
+                msg.contains(url) && msg.contains("`dns` cargo feature") && msg.contains("NAME:PORT"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]
     fn service_placeholder_is_replaced_by_a_dns_label() {
-        let dns = parse("dns://10.0.0.2:53/{service}.svc.cluster.local:50051").unwrap();
+        let dns = parse("dns://{service}.svc.cluster.local:50051").unwrap();
         let name = dns.name_for("order.payment.v1.OrderPayment").unwrap();
-        assert_eq!(name.to_ascii(), "order-payment-v1-orderpayment.svc.cluster.local");
-        let srv = parse("dns://_grpc._tcp.{service}.example").unwrap();
-        assert_eq!(srv.name_for("a.B").unwrap().to_ascii(), "_grpc._tcp.a-b.example");
+        assert_eq!(name, "order-payment-v1-orderpayment.svc.cluster.local");
+        #[cfg(feature = "dns")]
+        {
+            let srv = parse("dns://_grpc._tcp.{service}.example").unwrap();
+            assert_eq!(srv.name_for("a.B").unwrap(), "_grpc._tcp.a-b.example");
+        }
         let fixed = parse("dns://echo.example:1").unwrap();
         assert_eq!(fixed.name_for("a.B").unwrap(), fixed.name_for("c.D").unwrap());
     }
@@ -386,11 +373,23 @@ mod tests {
 
     #[tokio::test]
     async fn registering_does_nothing() {
-        let dns = parse("dns://127.0.0.1:1/x.example:1").unwrap();
+        let dns = parse("dns://x.example:1").unwrap();
         let instance = Instance::new("a.A", Endpoint::new("127.0.0.1", 1), Metadata::default());
         let lease = dns.register(instance.clone()).await.unwrap();
         lease.deregister().await.unwrap();
         dns.register(instance).await.unwrap();
         assert!(dns.told.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_name_in_etc_hosts_resolves_through_the_system_resolver() {
+        let dns = parse("dns://localhost:7?interval=50ms").unwrap();
+        let resolution = dns.resolve("a.A").await.unwrap();
+        let instances = resolution.current();
+        assert!(!instances.is_empty(), "localhost has an address");
+        for instance in instances.iter() {
+            assert!(instance.endpoint.port() == 7 && instance.service == "a.A", "{instance:?}");
+            assert!(instance.endpoint.host().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+        }
     }
 }

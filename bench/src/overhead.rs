@@ -23,10 +23,18 @@ pub(crate) async fn run(quick: bool, only: Option<&str>) -> serde_json::Value {
     let trellis = |addr| {
         trellis::codegen::Channel::discover(static_registry(&[addr]), &BENCH_DESCRIPTOR).expect("channel")
     };
+    // The client with metrics on, as an `App`'s clients count into the
+    // process's metrics (the servers count into theirs always).
+    let metered = |addr| {
+        let metrics = trellis::metrics::Metrics::new("trellis-bench", env!("CARGO_PKG_VERSION"));
+        let clients = trellis::client::Clients::new(static_registry(&[addr])).with_metrics(metrics);
+        trellis::codegen::Channel::discover(clients, &BENCH_DESCRIPTOR).expect("channel")
+    };
     // The two mixed pairs tell the client's share of the cost from the server's.
     let mut contenders: Vec<(&str, Call)> = vec![
         ("raw tonic -> bare tonic", caller(BenchClient::new(raw(raw_addr).await))),
         ("trellis -> trellis", caller(BenchClient::new(trellis(trellis_addr)))),
+        ("trellis+metrics -> trellis", caller(BenchClient::new(metered(trellis_addr)))),
         ("trellis -> bare tonic", caller(BenchClient::new(trellis(raw_addr)))),
         ("raw tonic -> trellis", caller(BenchClient::new(raw(trellis_addr).await))),
     ];

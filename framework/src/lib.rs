@@ -34,8 +34,11 @@
 //!
 //! # Feature flags
 //!
-//! - `dns` (default): the `dns://` [registry] backend, which finds instances
-//!   in A/AAAA or SRV records, through hickory-resolver.
+//! - `dns` (off by default): a DNS client (hickory-resolver) for the
+//!   `dns://` [registry] URLs that need one: SRV names and a DNS server of
+//!   the URL's own. `dns://NAME:PORT` (A/AAAA records, as a Kubernetes
+//!   headless Service publishes) resolves through the system's resolver in
+//!   every build.
 //! - `etcd` (off by default): the `etcd://` [registry] backend, on the
 //!   `etcd-client` crate, whose build needs `protoc`.
 //! - `rest` (default): REST/JSON on the gRPC port from the protos'

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `local://[DIR]` | the default: a directory of leased entries on this machine; nothing to run |
 //! | `etcd://HOST:PORT[,HOST:PORT...]` | etcd v3, for clusters (cargo feature `etcd`) |
-//! | `dns://[SERVER:PORT/]NAME[:PORT][?interval=5s]` | A/AAAA or SRV records, re-resolved periodically; read-only (cargo feature `dns`, on by default) |
+//! | `dns://[SERVER:PORT/]NAME[:PORT][?interval=5s]` | A/AAAA or SRV records, re-resolved periodically; read-only. `NAME:PORT` through the system's resolver in every build; SRV names and `SERVER:PORT/` need the cargo feature `dns` |
 //! | `consul://HOST:PORT` | a Consul agent's HTTP API: TTL or gRPC health checks, blocking queries (cargo feature `consul`) |
 //! | `eureka://HOST:PORT/PATH` | a Eureka server's REST API, Netflix (`/eureka/v2`) or Spring Cloud (`/eureka`) (cargo feature `eureka`) |
 //! | `static://SERVICE=HOST:PORT[,HOST:PORT...][;SERVICE=...]` | fixed endpoints |

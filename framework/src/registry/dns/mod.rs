@@ -120,13 +120,7 @@ impl Dns {
             }
         };
         if !cfg!(feature = "dns") && (server.is_some() || records == Records::Srv) {
-            let what = if records == Records::Srv { "an SRV name" } else { "a DNS server of its own" };
-            return Err(err(format!(
-                "this URL names {what}, which needs the `dns` cargo feature of trellis (a DNS \
-                 client), off in this build; enable it: trellis = {{ version = \"0.1\", features = \
-                 [\"dns\"] }}, or write NAME:PORT to resolve A/AAAA records through the system's \
-                 resolver"
-            )));
+            return Err(err(needs_dns(records)));
         }
         let mut interval = DEFAULT_INTERVAL;
         for (key, value) in pairs {
@@ -168,10 +162,23 @@ impl Dns {
             (server, records) => {
                 Ok(Resolver::Hickory(Box::new(hickory::Lookups::new(&self.url, server, &name, records)?)))
             }
+            // `parse` refuses these URLs without the feature; say why again
+            // rather than assume it.
             #[cfg(not(feature = "dns"))]
-            _ => unreachable!("refused by `parse` without the `dns` feature"),
+            (_, records) => Err(Error::Registry { url: self.url.clone(), reason: needs_dns(records) }),
         }
     }
+}
+
+/// Why a URL with an SRV name or a server of its own cannot be followed
+/// in a build without the `dns` feature, and the fix.
+fn needs_dns(records: Records) -> String {
+    let what = if records == Records::Srv { "an SRV name" } else { "a DNS server of its own" };
+    format!(
+        "this URL names {what}, which needs the `dns` cargo feature of trellis (a DNS client), off in \
+         this build; enable it: trellis = {{ version = \"0.1\", features = [\"dns\"] }}, or write \
+         NAME:PORT to resolve A/AAAA records through the system's resolver"
+    )
 }
 
 /// Checks the characters and labels of NAME, where `{service}` may appear.

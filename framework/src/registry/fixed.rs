@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::types::{Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, Resolution};
+use super::types::{Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, NoLease, Resolution};
 use super::url::{Target, parse_endpoint};
 use crate::error::Error;
 
@@ -33,15 +33,6 @@ impl Fixed {
             services.insert(service.to_owned(), endpoints);
         }
         Ok(Fixed { services })
-    }
-}
-
-#[derive(Debug)]
-struct NoLease;
-
-impl Lease for NoLease {
-    fn deregister(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
     }
 }
 

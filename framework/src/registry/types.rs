@@ -182,6 +182,17 @@ pub trait Lease: fmt::Debug + Send + Sync {
     fn deregister(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
 }
 
+/// The lease of a registry that registers nothing (`static://`, `dns://`):
+/// there is nothing to keep alive or remove.
+#[derive(Debug)]
+pub(super) struct NoLease;
+
+impl Lease for NoLease {
+    fn deregister(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// When a registry last answered for one resolution: each poll that
 /// succeeded, each watch event or progress answer, whether or not anything
 /// changed. Shared by the task that asks and whoever reports its age.

@@ -36,7 +36,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::poll::{Pace, Source, follow};
-use super::types::{Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, Resolution, unreachable};
+use super::types::{
+    Backend, BoxFuture, Endpoint, Instance, Lease, Metadata, NoLease, Resolution, unreachable,
+};
 use super::url::Target;
 use crate::error::Error;
 #[cfg(feature = "dns")]
@@ -222,16 +224,6 @@ fn instances(found: BTreeMap<Endpoint, Metadata>, service: &str) -> Vec<Instance
         .collect()
 }
 
-/// A registration that registered nothing.
-#[derive(Debug)]
-struct ReadOnly;
-
-impl Lease for ReadOnly {
-    fn deregister(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
 impl Backend for Dns {
     fn register(&self, instance: Instance) -> BoxFuture<'_, Result<Box<dyn Lease>, Error>> {
         if !self.told.swap(true, Ordering::Relaxed) {
@@ -243,7 +235,7 @@ impl Backend for Dns {
                 self.url
             );
         }
-        Box::pin(async { Ok(Box::new(ReadOnly) as Box<dyn Lease>) })
+        Box::pin(async { Ok(Box::new(NoLease) as Box<dyn Lease>) })
     }
 
     fn resolve(&self, service: &str) -> BoxFuture<'_, Result<Resolution, Error>> {

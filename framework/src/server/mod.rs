@@ -638,11 +638,21 @@ fn advertised(bound: SocketAddr, advertise: Option<&str>) -> Result<Endpoint, Er
     }
 }
 
+/// Sets each service's status and the server's overall one (`""`), in the
+/// order that never shows the overall status better than a service's: last
+/// when it turns serving, first when it stops, so a client that sees one
+/// service stop and then asks about the server sees it stopping too.
 async fn set_status(health: &HealthReporter, services: &[&ServiceDescriptor], status: ServingStatus) {
+    let serving = status == ServingStatus::Serving;
+    if !serving {
+        health.set_service_status("", status).await;
+    }
     for service in services {
         health.set_service_status(service.name(), status).await;
     }
-    health.set_service_status("", status).await;
+    if serving {
+        health.set_service_status("", status).await;
+    }
 }
 
 fn reflection<'a>(services: &[&'static ServiceDescriptor]) -> tonic_reflection::server::Builder<'a> {

@@ -244,10 +244,13 @@ async fn compare(contenders: &[(&str, Call)], calls: usize, concurrency: usize, 
     for (_, call) in contenders {
         run(call, calls / 4, concurrency).await;
     }
+    // Each repetition starts one contender further on, so none always runs
+    // first (on a fresh heap, right after the warm-up) or last.
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
-    for _ in 0..reps {
-        for (i, (_, call)) in contenders.iter().enumerate() {
-            runs[i].push(run(call, calls, concurrency).await);
+    for rep in 0..reps {
+        for offset in 0..contenders.len() {
+            let i = (rep + offset) % contenders.len();
+            runs[i].push(run(&contenders[i].1, calls, concurrency).await);
         }
     }
     runs.iter().map(|r| summarize(r)).collect()

@@ -75,7 +75,7 @@ mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
-mod transport;
+pub mod transport;
 
 pub use app::{App, Context};
 pub use descriptor::{

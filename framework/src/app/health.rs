@@ -122,7 +122,7 @@ impl Check {
 
     async fn ask(&self, config: &Config) -> Result<ServingStatus, String> {
         let tls = config.tls.is_set().then_some(&config.tls);
-        let channel = crate::transport::connect_lazy(&self.endpoint, tls).map_err(|e| e.to_string())?;
+        let channel = crate::transport::Connection::new(&self.endpoint, tls).map_err(|e| e.to_string())?;
         let mut client = HealthClient::new(channel);
         let request = HealthCheckRequest { service: self.service.clone() };
         let answer = tokio::time::timeout(self.timeout, client.check(request))

@@ -308,7 +308,7 @@ impl ChannelBuilder {
             registry,
             service.name(),
             routing,
-            balance::connect_tonic(clients.tls()),
+            balance::connect(clients.tls()),
             counters.clone(),
         );
         let deadline = DeadlineLayer::new(

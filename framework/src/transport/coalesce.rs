@@ -9,7 +9,7 @@
 //! load that is most of the system calls, and on loopback as much kernel
 //! time again for the peer that reads them. Both sides use it: the server
 //! on every accepted connection, the client on every connection it opens
-//! ([`super::connect_lazy`]).
+//! ([`super::Connection`]).
 //!
 //! [`Coalesce`] keeps what is written in a buffer and, on the first flush,
 //! asks to be polled again *after* the other ready tasks (a task that wakes

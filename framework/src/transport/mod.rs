@@ -1,22 +1,23 @@
-//! How connections are made (client) and accepted (server): the one place
-//! that knows about sockets, schemes and TLS ([`tls`]).
+//! How connections are made (client, [`Connection`]) and accepted
+//! (server): the one place that knows about sockets, schemes and TLS
+//! ([`tls`]).
 //!
 //! An [`Endpoint`] carries its [`Scheme`]: an instance registered by a
 //! server that speaks TLS says `https`, and a client connects accordingly,
 //! with no per-client setting.
 
+mod client;
 mod coalesce;
 pub mod tls;
 
+pub(crate) use client::NotSent;
+pub use client::{Connection, ConnectionFuture};
 pub(crate) use coalesce::Coalesce;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::error::Error;
@@ -24,70 +25,6 @@ use crate::registry::{Endpoint, Scheme};
 
 /// How long a client waits for a connection to an instance.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A lazily connected channel to `endpoint`: the first call connects, and a
-/// broken connection is made again on the next call. An `https` endpoint
-/// is reached with the clients' `tls` settings.
-///
-/// # Errors
-///
-/// When the endpoint's host cannot be put in a URI, or its scheme needs
-/// TLS settings (or a TLS feature) this process lacks.
-pub(crate) fn connect_lazy(
-    endpoint: &Endpoint,
-    tls: Option<&tls::TlsConfig>,
-) -> Result<tonic::transport::Channel, Error> {
-    let bad = |reason: String| Error::Endpoint { endpoint: endpoint.to_string(), reason };
-    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.uri())
-        .map_err(|e| bad(format!("not a valid address: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    if endpoint.scheme() == Scheme::Https {
-        #[cfg(feature = "tls")]
-        {
-            let settings = tls.cloned().unwrap_or_default();
-            let config = tls::client_config(&settings, endpoint).map_err(bad)?;
-            channel = channel.tls_config(config).map_err(|e| bad(format!("TLS: {e}")))?;
-        }
-        #[cfg(not(feature = "tls"))]
-        {
-            let _ = (tls, &mut channel);
-            return Err(bad("it is registered as `https`, and this build of trellis has no TLS support; \
-                 serve it in plaintext, or build trellis with the `tls` feature"
-                .to_owned()));
-        }
-    }
-    Ok(channel.connect_with_connector_lazy(Connector))
-}
-
-/// Opens the client's TCP connections: `TCP_NODELAY` on (gRPC's small
-/// frames must not wait for Nagle's algorithm), writes coalesced
-/// ([`Coalesce`]). tonic puts TLS on top when the endpoint asks for it, and
-/// bounds the whole by [`CONNECT_TIMEOUT`].
-#[derive(Debug, Clone, Copy)]
-struct Connector;
-
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = hyper_util::rt::TokioIo<Coalesce<TcpStream>>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        Box::pin(async move {
-            let bad =
-                || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{uri}` has no host"));
-            // An IPv6 host keeps its brackets in a URI, not in a socket address.
-            let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-            let stream = TcpStream::connect((host, port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(hyper_util::rt::TokioIo::new(Coalesce::new(stream)))
-        })
-    }
-}
 
 /// Why a connection or call failed, as the transport said it, with what a
 /// failed TLS handshake means and how to fix it.
@@ -110,7 +47,9 @@ pub(crate) fn failure_reason(endpoint: &Endpoint, err: &(dyn std::error::Error +
              `tls.client_ca`; set `tls.cert` and `tls.key` to an identity it accepts ({chain})"
         );
     }
-    if endpoint.scheme() == Scheme::Https && chain.contains("connection closed") {
+    // Or from its first write failing, when the server closed at once.
+    const CLOSED: [&str; 3] = ["connection closed", "broken pipe", "connection reset"];
+    if endpoint.scheme() == Scheme::Https && CLOSED.iter().any(|closed| chain.contains(closed)) {
         return format!(
             "{chain} (if the server requires client certificates, this is how it refuses one that is \
              missing or not signed by a CA in its `tls.client_ca`: set `tls.cert` and `tls.key` to an \

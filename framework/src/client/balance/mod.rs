@@ -67,6 +67,7 @@ use super::stats::Counters;
 use crate::error::{BoxError, CallError, Error};
 use crate::metrics::{BreakerSnapshot, ChannelSnapshot, EndpointSnapshot};
 use crate::registry::{AbortOnDrop, Endpoint, Registry};
+use crate::transport::Connection;
 
 /// How a channel spreads calls over endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -102,13 +103,11 @@ pub(crate) struct Tried(pub(crate) Arc<Mutex<smallvec::SmallVec<[Arc<EndpointSta
 pub(crate) type Connector<S> =
     Arc<dyn Fn(&Arc<EndpointState>) -> Result<(S, Option<AbortOnDrop>), Error> + Send + Sync>;
 
-/// The transport of a real channel: a lazy tonic connection, with its
-/// server's `grpc.health.v1` status followed.
-pub(crate) fn connect_tonic(
-    tls: Option<Arc<crate::transport::tls::TlsConfig>>,
-) -> Connector<tonic::transport::Channel> {
+/// The transport of a real channel: a connection made on the first call,
+/// with its server's `grpc.health.v1` status followed.
+pub(crate) fn connect(tls: Option<Arc<crate::transport::tls::TlsConfig>>) -> Connector<Connection> {
     Arc::new(move |state: &Arc<EndpointState>| {
-        let conn = crate::transport::connect_lazy(state.endpoint(), tls.as_deref())?;
+        let conn = Connection::new(state.endpoint(), tls.as_deref())?;
         let health = tokio::spawn(super::endpoint::watch_health(conn.clone(), Arc::downgrade(state)));
         Ok((conn, Some(AbortOnDrop(health))))
     })
@@ -149,7 +148,7 @@ impl<S> fmt::Debug for Shared<S> {
 
 /// Sends each attempt to one instance of a service; see the
 /// [client stack](crate::client).
-pub struct Balancer<S = tonic::transport::Channel> {
+pub struct Balancer<S = Connection> {
     shared: Arc<Shared<S>>,
 }
 

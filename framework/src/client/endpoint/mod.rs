@@ -266,11 +266,13 @@ fn failure_in_headers(headers: &HeaderMap, state: &EndpointState) -> Option<Call
 }
 
 /// Whether a transport error proves the request never reached a handler:
-/// the connection was refused, or the stream was (`REFUSED_STREAM`).
+/// no connection could be made, the connection closed before the request
+/// left, or the stream was refused (`REFUSED_STREAM`).
 fn never_reached(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);
     while let Some(cause) = source {
         if cause.is::<tonic::ConnectError>()
+            || cause.is::<crate::transport::NotSent>()
             || cause
                 .downcast_ref::<h2::Error>()
                 .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))

@@ -360,7 +360,7 @@ impl Drop for InFlight {
 
 /// Follows the endpoint's `grpc.health.v1` status for `service`. A server
 /// without the health service counts as serving.
-pub(crate) async fn watch_health(conn: tonic::transport::Channel, state: std::sync::Weak<EndpointState>) {
+pub(crate) async fn watch_health(conn: crate::transport::Connection, state: std::sync::Weak<EndpointState>) {
     loop {
         let Some(service) = state.upgrade().map(|s| s.service) else { return };
         let request = HealthCheckRequest { service: service.to_owned() };

@@ -5,33 +5,37 @@
 
 use std::error::Error as StdError;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tokio_rustls::rustls::ClientConfig;
 
 use super::{TlsConfig, files};
-use crate::registry::Endpoint;
 
-/// tonic's client TLS settings to reach `endpoint`, after checking every
-/// file named in `settings`.
-pub(crate) fn client_config(settings: &TlsConfig, endpoint: &Endpoint) -> Result<ClientTlsConfig, String> {
+/// The rustls client settings to reach servers with, after checking every
+/// file named in `settings`: `tls.ca` as the only trust roots, ALPN `h2`,
+/// and `tls.cert`/`tls.key` presented when the server asks for a client
+/// certificate.
+pub(crate) fn client_config(settings: &TlsConfig) -> Result<ClientConfig, String> {
     let Some(ca) = &settings.ca else {
         return Err("it is registered as `https`, and `tls.ca` is not set; set it to the file of the CA \
                     that signed the servers' certificates"
             .to_owned());
     };
-    files::roots("tls.ca", ca)?;
-    let pem = std::fs::read(ca).map_err(|err| format!("`tls.ca`: file `{}`: {err}", ca.display()))?;
-    let name = settings.server_name.clone().unwrap_or_else(|| endpoint.host().to_owned());
-    let mut config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pem))
-        .domain_name(name)
-        .timeout(settings.handshake_timeout);
-    if let (Some(cert), Some(key)) = (&settings.cert, &settings.key) {
-        files::certified_key(cert, key)?;
-        let read = |setting: &str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|err| format!("`{setting}`: file `{}`: {err}", path.display()))
-        };
-        config = config.identity(Identity::from_pem(read("tls.cert", cert)?, read("tls.key", key)?));
-    }
+    let roots = files::roots("tls.ca", ca)?;
+    let builder = ClientConfig::builder_with_provider(files::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("TLS: {err}"))?
+        .with_root_certificates(roots);
+    let mut config = match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => {
+            files::certified_key(cert, key)?;
+            let chain = files::certificates("tls.cert", cert)?;
+            let key_der = files::private_key("tls.key", key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|err| format!("`tls.cert`/`tls.key` (`{}`): {err}", cert.display()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 

@@ -28,8 +28,10 @@
 //! endpoint          per instance: grpc-timeout per attempt, load and latency,
 //!                   failures told from answers, passive ejection and probes,
 //!                   active health (grpc.health.v1 Watch)              (endpoint/)
-//! transport         one lazy connection per instance; the endpoint's scheme
-//!                   picks plaintext or TLS                    (crate::transport)
+//! transport         one HTTP/2 connection per instance, made on the first
+//!                   call and again when it breaks; each call sent from the
+//!                   caller's task; the endpoint's scheme picks plaintext or
+//!                   TLS                          (crate::transport::Connection)
 //! ```
 //!
 //! Every failure the stack produces is a typed [`CallError`], attached as

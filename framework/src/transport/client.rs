@@ -441,7 +441,7 @@ fn start(send: &mut SendRequest<Bytes>, req: Request<Body>) -> Result<Step, h2::
     if end_of_stream {
         return Ok(Step::Sent { response, cancel: None });
     }
-    let mut pipe = Pipe { body, stream, cancelled: None };
+    let mut pipe = Pipe { body, stream, cancelled: None, pending: None, sent_data: false };
     // A unary request's body is ready: sent from here, with no task.
     if pipe.poll_send(&mut Context::from_waker(futures_util::task::noop_waker_ref())).is_ready() {
         return Ok(Step::Sent { response, cancel: None });
@@ -460,6 +460,10 @@ struct Pipe {
     stream: SendStream<Bytes>,
     /// Fires when the caller gave the call up: the stream is reset.
     cancelled: Option<oneshot::Receiver<()>>,
+    /// A data frame taken from the body and not yet handed to h2.
+    pending: Option<Bytes>,
+    /// Whether a data frame was handed to h2 already.
+    sent_data: bool,
 }
 
 impl Pipe {
@@ -467,13 +471,30 @@ impl Pipe {
     /// says why).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            // Room for at least a byte before taking the next frame: h2
-            // holds what the peer's window cannot take yet.
-            self.stream.reserve_capacity(1);
-            if self.stream.capacity() == 0 {
-                match ready!(self.stream.poll_capacity(cx)) {
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => return Poll::Ready(()),
+            if let Some(data) = self.pending.take() {
+                // h2 holds what the peer's window cannot take yet. The first
+                // frame (a unary call's only one) goes at once; each later one
+                // waits for room, so a fast producer cannot fill memory.
+                if self.sent_data {
+                    self.stream.reserve_capacity(1);
+                    if self.stream.capacity() == 0 {
+                        let room = self.stream.poll_capacity(cx);
+                        self.pending = Some(data);
+                        match ready!(room) {
+                            Some(Ok(_)) => continue,
+                            Some(Err(_)) | None => return Poll::Ready(()),
+                        }
+                    }
+                }
+                self.sent_data = true;
+                let end = self.body.is_end_stream();
+                match self.stream.send_data(data, end) {
+                    Ok(()) if !end => continue,
+                    Ok(()) => return Poll::Ready(()),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "request body not sent");
+                        return Poll::Ready(());
+                    }
                 }
             }
             if self.stream.poll_reset(cx).is_ready() {
@@ -482,11 +503,8 @@ impl Pipe {
             let sent = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        let end = self.body.is_end_stream();
-                        match self.stream.send_data(data, end) {
-                            Ok(()) if !end => continue,
-                            sent => sent,
-                        }
+                        self.pending = Some(data);
+                        continue;
                     }
                     Err(frame) => match frame.into_trailers() {
                         Ok(trailers) => {

@@ -92,13 +92,12 @@ pub(crate) fn install(endpoint: &str, service: &str) -> Result<(), Error> {
              such as `http://127.0.0.1:4317`"
         ))
     };
-    if !endpoint.starts_with("http://") {
+    let Some(address) = endpoint.strip_prefix("http://") else {
         return Err(bad("is not an `http://` URL".to_owned()));
-    }
-    let target = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| bad(format!("is not a URL ({e})")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(EXPORT_TIMEOUT);
+    };
+    let address = crate::registry::parse_endpoint(address.trim_end_matches('/'))
+        .map_err(|e| bad(format!("does not name a collector: {e}")))?;
+    let target = crate::transport::Connection::new(&address, None).map_err(|e| bad(e.to_string()))?;
     if EXPORTER.get().is_some() {
         return Ok(());
     }
@@ -132,11 +131,11 @@ struct Outage {
 
 async fn run(
     mut rx: mpsc::Receiver<Msg>,
-    target: tonic::transport::Endpoint,
+    target: crate::transport::Connection,
     endpoint: String,
     resource: Resource,
 ) {
-    let mut client = TraceServiceClient::new(target.connect_lazy());
+    let mut client = TraceServiceClient::new(target);
     let mut outage = Outage::default();
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
@@ -176,7 +175,7 @@ fn take(msg: Msg, batch: &mut Vec<Span>, flushes: &mut Vec<std::sync::mpsc::Sync
 }
 
 async fn send(
-    client: &mut TraceServiceClient<tonic::transport::Channel>,
+    client: &mut TraceServiceClient<crate::transport::Connection>,
     resource: &Resource,
     spans: Vec<Span>,
     endpoint: &str,
@@ -198,7 +197,10 @@ async fn send(
             schema_url: String::new(),
         }],
     };
-    let result = client.export(request).await;
+    let result = match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
+        Ok(result) => result,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {EXPORT_TIMEOUT:?}"))),
+    };
     let queue_full = EXPORTER.get().map_or(0, |e| e.dropped.swap(0, Ordering::Relaxed));
     outage.dropped += queue_full;
     let now = Instant::now();

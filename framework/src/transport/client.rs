@@ -47,8 +47,18 @@ use crate::registry::{Endpoint, Scheme};
 /// The `user-agent` every call carries.
 const USER_AGENT: &str = concat!("trellis/", env!("CARGO_PKG_VERSION"));
 
-/// A connection to one instance, made on the first call; see the
-/// [module docs](self). Cheap to clone: clones share the connection.
+/// The HTTP/2 connection to one instance under every client call (the
+/// transport of the [client stack](crate::client)). Cheap to clone: clones
+/// share the connection.
+///
+/// Made on the first call (TCP with `TCP_NODELAY`, TLS with ALPN `h2` for
+/// an `https` endpoint, then the HTTP/2 handshake, within 3 s), and again
+/// on the next call after it breaks; a connection failure fails the calls
+/// that waited for it as a [`tonic::ConnectError`]. A request the
+/// connection turned back unsent (it was closing, or the server sent
+/// `GOAWAY`) is sent once more on a new connection. Each call is sent from
+/// the caller's own task and its response read there: only the task that
+/// drives the socket runs besides it.
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,

@@ -92,12 +92,13 @@ pub(crate) fn install(endpoint: &str, service: &str) -> Result<(), Error> {
              such as `http://127.0.0.1:4317`"
         ))
     };
-    let Some(address) = endpoint.strip_prefix("http://") else {
+    if !endpoint.starts_with("http://") {
         return Err(bad("is not an `http://` URL".to_owned()));
-    };
-    let address = crate::registry::parse_endpoint(address.trim_end_matches('/'))
-        .map_err(|e| bad(format!("does not name a collector: {e}")))?;
-    let target = crate::transport::Connection::new(&address, None).map_err(|e| bad(e.to_string()))?;
+    }
+    let target = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| bad(format!("is not a URL ({e})")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(EXPORT_TIMEOUT);
     if EXPORTER.get().is_some() {
         return Ok(());
     }
@@ -131,11 +132,11 @@ struct Outage {
 
 async fn run(
     mut rx: mpsc::Receiver<Msg>,
-    target: crate::transport::Connection,
+    target: tonic::transport::Endpoint,
     endpoint: String,
     resource: Resource,
 ) {
-    let mut client = TraceServiceClient::new(target);
+    let mut client = TraceServiceClient::new(target.connect_lazy());
     let mut outage = Outage::default();
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
@@ -175,7 +176,7 @@ fn take(msg: Msg, batch: &mut Vec<Span>, flushes: &mut Vec<std::sync::mpsc::Sync
 }
 
 async fn send(
-    client: &mut TraceServiceClient<crate::transport::Connection>,
+    client: &mut TraceServiceClient<tonic::transport::Channel>,
     resource: &Resource,
     spans: Vec<Span>,
     endpoint: &str,
@@ -197,10 +198,7 @@ async fn send(
             schema_url: String::new(),
         }],
     };
-    let result = match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
-        Ok(result) => result,
-        Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {EXPORT_TIMEOUT:?}"))),
-    };
+    let result = client.export(request).await;
     let queue_full = EXPORTER.get().map_or(0, |e| e.dropped.swap(0, Ordering::Relaxed));
     outage.dropped += queue_full;
     let now = Instant::now();

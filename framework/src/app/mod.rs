@@ -213,7 +213,7 @@ impl App {
                 Arg::new("log-format")
                     .long("log-format")
                     .value_name("FORMAT")
-                    .value_parser(clap::builder::EnumValueParser::<LogFormat>::new())
+                    .value_parser(["text", "json"])
                     .help("Log as human-readable text or as JSON lines [default: text]"),
             )
             .arg(
@@ -297,12 +297,8 @@ impl Context {
         if let Some(value) = matches.get_one::<String>("admin-listen") {
             flags.push(("admin.listen".to_owned(), value.clone()));
         }
-        if let Some(format) = matches.get_one::<LogFormat>("log-format") {
-            let format = match format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            };
-            flags.push(("log.format".to_owned(), format.to_owned()));
+        if let Some(format) = matches.get_one::<String>("log-format") {
+            flags.push(("log.format".to_owned(), format.clone()));
         }
         let file = matches.get_one::<PathBuf>("config");
         let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
@@ -471,6 +467,21 @@ mod tests {
         let code = App::new("svc", "0.1.0")
             .run_with_args(args(&["--set", "registy=static://"]), |_ctx| async { panic!("setup ran") });
         assert_eq!(code, ExitCode::from(2));
+    }
+
+    #[test]
+    fn log_format_takes_text_or_json_and_names_them_otherwise() {
+        let matches =
+            App::new("svc", "0.1.0").command().try_get_matches_from(args(&["--log-format", "json"])).unwrap();
+        let ctx = Context::from_matches("svc", "0.1.0", &matches, None).unwrap();
+        assert_eq!(ctx.config.log.format, LogFormat::Json);
+
+        let err = App::new("svc", "0.1.0")
+            .command()
+            .try_get_matches_from(args(&["--log-format", "xml"]))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("'xml'") && text.contains("text") && text.contains("json"), "{text}");
     }
 
     #[tokio::test]

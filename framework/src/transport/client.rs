@@ -9,13 +9,13 @@
 //! per request) in between, so each call there wakes three or four tasks.
 //!
 //! - Connecting: TCP with `TCP_NODELAY` and coalesced writes
-//!   ([`Coalesce`]), then TLS for an `https` endpoint (ALPN `h2`, the
-//!   clients' `tls` settings), then the HTTP/2 handshake, all within
-//!   [`CONNECT_TIMEOUT`]. One attempt at a time per connection, run as a
-//!   task of its own, so a call given up on does not cut it short for the
-//!   calls waiting with it. A failure fails the calls that waited for it,
-//!   as a [`tonic::ConnectError`] (the request never left), and the next
-//!   call tries again.
+//!   ([`Coalesce`]) within [`CONNECT_TIMEOUT`], then TLS for an `https`
+//!   endpoint (ALPN `h2`, the clients' `tls` settings) within
+//!   `tls.handshake_timeout`, then the HTTP/2 handshake. One attempt at a
+//!   time per connection, run as a task of its own, so a call given up on
+//!   does not cut it short for the calls waiting with it. A failure fails
+//!   the calls that waited for it, as a [`tonic::ConnectError`] (the
+//!   request never left), and the next call tries again.
 //! - A connection the server closes or sends `GOAWAY` on is forgotten; a
 //!   call that finds it so before its request is sent is sent once more on
 //!   a new connection.
@@ -51,8 +51,8 @@ const USER_AGENT: &str = concat!("trellis/", env!("CARGO_PKG_VERSION"));
 /// transport of the [client stack](crate::client)). Cheap to clone: clones
 /// share the connection.
 ///
-/// Made on the first call (TCP with `TCP_NODELAY`, TLS with ALPN `h2` for
-/// an `https` endpoint, then the HTTP/2 handshake, within 3 s), and again
+/// Made on the first call (TCP with `TCP_NODELAY` within 3 s, TLS with
+/// ALPN `h2` for an `https` endpoint, then the HTTP/2 handshake), and again
 /// on the next call after it breaks; a connection failure fails the calls
 /// that waited for it as a [`tonic::ConnectError`]. A request the
 /// connection turned back unsent (it was closing, or the server sent
@@ -207,8 +207,10 @@ impl Shared {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let outcome = match &*state {
             State::Ready(send, id) => return Ok((send.clone(), *id)),
-            State::Connecting(outcome) => outcome.clone(),
-            State::Idle => {
+            // An attempt under way (its task still holds the sender).
+            State::Connecting(outcome) if outcome.has_changed().is_ok() => outcome.clone(),
+            // Idle, or an attempt whose task ended without saying how.
+            _ => {
                 let (publish, outcome) = watch::channel(None);
                 *state = State::Connecting(outcome.clone());
                 tokio::spawn(connect(Arc::clone(self), publish));
@@ -267,13 +269,9 @@ async fn wait(
 async fn connect(shared: Arc<Shared>, publish: watch::Sender<Option<Connected>>) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let outcome = match tokio::time::timeout(CONNECT_TIMEOUT, establish(&shared, id)).await {
-        Ok(Ok(send)) => Ok((send, id)),
-        Ok(Err(err)) => Err(Failed(Arc::from(err))),
-        Err(_) => Err(Failed(Arc::new(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no connection within {CONNECT_TIMEOUT:?}"),
-        )))),
+    let outcome = match establish(&shared, id).await {
+        Ok(send) => Ok((send, id)),
+        Err(err) => Err(Failed(Arc::from(err))),
     };
     *shared.state.lock().unwrap_or_else(PoisonError::into_inner) = match &outcome {
         Ok((send, id)) => State::Ready(send.clone(), *id),
@@ -282,11 +280,17 @@ async fn connect(shared: Arc<Shared>, publish: watch::Sender<Option<Connected>>)
     publish.send_replace(Some(outcome));
 }
 
-/// TCP, then TLS if the endpoint asks for it, then the HTTP/2 handshake;
-/// the connection's task started.
+/// TCP within [`CONNECT_TIMEOUT`], then TLS within `tls.handshake_timeout`
+/// if the endpoint asks for it, then the HTTP/2 handshake within
+/// [`CONNECT_TIMEOUT`]; the connection's task started.
 async fn establish(shared: &Arc<Shared>, id: u64) -> Result<SendRequest<Bytes>, BoxError> {
+    let timed_out = |what: &str| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no {what} within {CONNECT_TIMEOUT:?}"))
+    };
     let host = shared.endpoint.host().trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((host, shared.endpoint.port())).await?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, shared.endpoint.port())))
+        .await
+        .map_err(|_| timed_out("connection"))??;
     tcp.set_nodelay(true)?;
     let io = Coalesce::new(tcp);
     let weak = Arc::downgrade(shared);
@@ -299,9 +303,13 @@ async fn establish(shared: &Arc<Shared>, id: u64) -> Result<SendRequest<Bytes>, 
                 format!("TLS: no handshake within {:?} (`tls.handshake_timeout`)", tls.handshake_timeout),
             )
         })??;
-        return handshake(io, weak, id).await;
+        return tokio::time::timeout(CONNECT_TIMEOUT, handshake(io, weak, id))
+            .await
+            .map_err(|_| timed_out("HTTP/2 handshake"))?;
     }
-    handshake(io, weak, id).await
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake(io, weak, id))
+        .await
+        .map_err(|_| timed_out("HTTP/2 handshake"))?
 }
 
 /// The HTTP/2 handshake on `io`, and the task that drives the connection

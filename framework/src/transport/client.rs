@@ -775,6 +775,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_going_away_connection_finishes_its_open_calls_and_a_new_call_goes_to_a_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        // The first connection: its first call stays open until told, and
+        // the connection goes away as soon as it arrives. Later ones answer.
+        let (finish, finished) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut finished = Some(finished);
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+                let held = if first { finished.take() } else { None };
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    let mut held = held;
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        let held = held.take();
+                        let going_away = held.is_some();
+                        tokio::spawn(async move {
+                            if let Some(held) = held {
+                                let _ = held.await;
+                            }
+                            respond.send_response(Response::new(()), true).unwrap();
+                        });
+                        if going_away {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        let mut conn = Connection::new(&Endpoint::from(addr), None).unwrap();
+        let open = tokio::spawn(conn.call(request(Body::empty())));
+        // Time for the GOAWAY to reach the client; the open call keeps the
+        // first connection up, so the next call finds it going away.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let response = conn.call(request(Body::empty())).await.expect("sent again on a new connection");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        finish.send(()).unwrap();
+        let response = open.await.unwrap().expect("the open call finishes on the old connection");
+        assert_eq!(response.status(), http::StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn requests_are_addressed_to_the_instance_with_a_user_agent() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -47,6 +47,9 @@ use crate::registry::{Endpoint, Scheme};
 /// The `user-agent` every call carries.
 const USER_AGENT: &str = concat!("trellis/", env!("CARGO_PKG_VERSION"));
 
+/// [`USER_AGENT`] as a header value (static: no copy per call).
+const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(USER_AGENT);
+
 /// The HTTP/2 connection to one instance under every client call (the
 /// transport of the [client stack](crate::client)). Cheap to clone: clones
 /// share the connection.
@@ -66,9 +69,7 @@ pub struct Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
-            .field("endpoint", &self.shared.endpoint.to_string())
-            .finish_non_exhaustive()
+        self.shared.fmt(f)
     }
 }
 
@@ -77,10 +78,15 @@ struct Shared {
     endpoint: Endpoint,
     scheme: UriScheme,
     authority: Authority,
-    user_agent: HeaderValue,
     #[cfg(feature = "tls")]
     tls: Option<TlsConnect>,
     state: Mutex<State>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection").field("endpoint", &self.endpoint.to_string()).finish_non_exhaustive()
+    }
 }
 
 /// Where the connection is.
@@ -169,7 +175,6 @@ impl Connection {
                 endpoint: endpoint.clone(),
                 scheme,
                 authority,
-                user_agent: HeaderValue::from_static(USER_AGENT),
                 #[cfg(feature = "tls")]
                 tls,
                 state: Mutex::new(State::Idle),
@@ -241,7 +246,7 @@ impl Shared {
         if let Ok(uri) = Uri::from_parts(uri) {
             head.uri = uri;
         }
-        head.headers.entry(http::header::USER_AGENT).or_insert_with(|| self.user_agent.clone());
+        head.headers.entry(http::header::USER_AGENT).or_insert(USER_AGENT_VALUE);
         head.version = http::Version::HTTP_2;
         Request::from_parts(head, body)
     }
@@ -284,9 +289,6 @@ async fn connect(shared: Arc<Shared>, publish: watch::Sender<Option<Connected>>)
 /// if the endpoint asks for it, then the HTTP/2 handshake within
 /// [`CONNECT_TIMEOUT`]; the connection's task started.
 async fn establish(shared: &Arc<Shared>, id: u64) -> Result<SendRequest<Bytes>, BoxError> {
-    let timed_out = |what: &str| {
-        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no {what} within {CONNECT_TIMEOUT:?}"))
-    };
     let host = shared.endpoint.host().trim_start_matches('[').trim_end_matches(']');
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, shared.endpoint.port())))
         .await
@@ -303,32 +305,35 @@ async fn establish(shared: &Arc<Shared>, id: u64) -> Result<SendRequest<Bytes>, 
                 format!("TLS: no handshake within {:?} (`tls.handshake_timeout`)", tls.handshake_timeout),
             )
         })??;
-        return tokio::time::timeout(CONNECT_TIMEOUT, handshake(io, weak, id))
-            .await
-            .map_err(|_| timed_out("HTTP/2 handshake"))?;
+        return handshake(io, weak, id).await;
     }
-    tokio::time::timeout(CONNECT_TIMEOUT, handshake(io, weak, id))
-        .await
-        .map_err(|_| timed_out("HTTP/2 handshake"))?
+    handshake(io, weak, id).await
 }
 
-/// The HTTP/2 handshake on `io`, and the task that drives the connection
-/// from then on. That task holds no strong reference to the connection's
+/// No `what` within [`CONNECT_TIMEOUT`].
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no {what} within {CONNECT_TIMEOUT:?}"))
+}
+
+/// The HTTP/2 handshake on `io` within [`CONNECT_TIMEOUT`], and the task
+/// that drives the connection from then on. That task holds no strong reference to the connection's
 /// clones: when the last is dropped, the connection closes once its
 /// streams are done; when the connection closes first, it is forgotten.
 async fn handshake<IO>(io: IO, shared: Weak<Shared>, id: u64) -> Result<SendRequest<Bytes>, BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, connection) = h2::client::Builder::new()
+    let handshake = h2::client::Builder::new()
         .initial_window_size(2 * 1024 * 1024)
         .initial_connection_window_size(5 * 1024 * 1024)
         .max_frame_size(16 * 1024)
         .max_header_list_size(16 * 1024)
         .max_send_buffer_size(1024 * 1024)
         .enable_push(false)
-        .handshake::<_, Bytes>(io)
-        .await?;
+        .handshake::<_, Bytes>(io);
+    let (send, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| timed_out("HTTP/2 handshake"))??;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "connection closed");
@@ -351,11 +356,7 @@ impl tower_service::Service<Request<Body>> for Connection {
     }
 
     fn call(&mut self, req: Request<Body>) -> ConnectionFuture {
-        let req = Some(self.shared.address(req));
-        let step = match self.shared.sender() {
-            Ok((send, id)) => Step::Ready { send, id, req },
-            Err(connecting) => Step::Connecting { connecting, req },
-        };
+        let step = Step::send(&self.shared, self.shared.address(req));
         ConnectionFuture { shared: Arc::clone(&self.shared), step, resent: false }
     }
 }
@@ -371,9 +372,7 @@ pub struct ConnectionFuture {
 
 impl fmt::Debug for ConnectionFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionFuture")
-            .field("endpoint", &self.shared.endpoint.to_string())
-            .finish_non_exhaustive()
+        f.debug_struct("ConnectionFuture").field("connection", &self.shared).finish_non_exhaustive()
     }
 }
 
@@ -384,9 +383,19 @@ enum Step {
     Ready { send: SendRequest<Bytes>, id: u64, req: Option<Request<Body>> },
     /// Sent (its body, if still streaming, by a task of its own): waiting
     /// for the response's headers.
-    Sent { response: h2::client::ResponseFuture, cancel: Option<CancelOnDrop> },
+    Sent { response: h2::client::ResponseFuture, cancel: Option<oneshot::Sender<()>> },
     /// Done.
     Done,
+}
+
+impl Step {
+    /// Sending `req` on the connection if it is up, else once it is made.
+    fn send(shared: &Arc<Shared>, req: Request<Body>) -> Step {
+        match shared.sender() {
+            Ok((send, id)) => Step::Ready { send, id, req: Some(req) },
+            Err(connecting) => Step::Connecting { connecting, req: Some(req) },
+        }
+    }
 }
 
 impl Future for ConnectionFuture {
@@ -423,10 +432,7 @@ impl Future for ConnectionFuture {
                     match refused {
                         (_, Some(req)) if !this.resent => {
                             this.resent = true;
-                            this.step = match this.shared.sender() {
-                                Ok((send, id)) => Step::Ready { send, id, req: Some(req) },
-                                Err(connecting) => Step::Connecting { connecting, req: Some(req) },
-                            };
+                            this.step = Step::send(&this.shared, req);
                         }
                         (err, _) => {
                             this.step = Step::Done;
@@ -467,7 +473,7 @@ fn start(send: &mut SendRequest<Bytes>, req: Request<Body>) -> Result<Step, h2::
     let (cancel, cancelled) = oneshot::channel();
     pipe.cancelled = Some(cancelled);
     tokio::spawn(pipe);
-    Ok(Step::Sent { response, cancel: Some(CancelOnDrop(Some(cancel))) })
+    Ok(Step::Sent { response, cancel: Some(cancel) })
 }
 
 /// Sends a request's body into its stream: data frames as the stream has
@@ -562,17 +568,14 @@ impl Future for Pipe {
     }
 }
 
-/// Held while the caller wants the call: dropping it stops the task
-/// sending the request's body.
-struct CancelOnDrop(#[allow(dead_code)] Option<oneshot::Sender<()>>);
-
 /// A response's body: its data frames, each handed back to flow control as
 /// it is taken, then its trailers.
 struct RecvBody {
     recv: RecvStream,
     data_done: bool,
-    /// Keeps a request body that is still streaming going.
-    _cancel: Option<CancelOnDrop>,
+    /// Held while the caller wants the call: dropping it stops the task
+    /// sending a request body that still streams.
+    _cancel: Option<oneshot::Sender<()>>,
 }
 
 impl http_body::Body for RecvBody {

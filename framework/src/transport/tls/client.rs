@@ -5,7 +5,10 @@
 
 use std::error::Error as StdError;
 
+use std::sync::Arc;
+
 use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::sign::SingleCertAndKey;
 
 use super::{TlsConfig, files};
 
@@ -25,14 +28,8 @@ pub(crate) fn client_config(settings: &TlsConfig) -> Result<ClientConfig, String
         .map_err(|err| format!("TLS: {err}"))?
         .with_root_certificates(roots);
     let mut config = match (&settings.cert, &settings.key) {
-        (Some(cert), Some(key)) => {
-            files::certified_key(cert, key)?;
-            let chain = files::certificates("tls.cert", cert)?;
-            let key_der = files::private_key("tls.key", key)?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|err| format!("`tls.cert`/`tls.key` (`{}`): {err}", cert.display()))?
-        }
+        (Some(cert), Some(key)) => builder
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(files::certified_key(cert, key)?))),
         _ => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];

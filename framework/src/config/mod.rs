@@ -92,16 +92,16 @@
 //! [`check_file`] checks a file alone, for tools that validate a file before
 //! it is deployed.
 
+mod tree;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::value::{Tag, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use self::tree::{Node, Source};
 use crate::admin::AdminConfig;
 use crate::client::ClientConfig;
 use crate::error::Error;
@@ -203,8 +203,7 @@ impl Config {
 /// [`Error::Config`] with one message per problem, each naming the key, the
 /// file and what is accepted.
 pub fn check_file(path: &Path, own_sections: &[&str]) -> Result<(), Error> {
-    let figment = Figment::from(Serialized::defaults(Config::default())).merge(file(path)?);
-    let layers = Layers { figment };
+    let layers = Layers { root: file(path)? };
     let mut problems = layers.problems(Some(own_sections))?;
     if let Ok(url) = layers.extract::<String>("registry")
         && let Err(err) = crate::registry::Registry::from_url(&url)
@@ -217,7 +216,9 @@ pub fn check_file(path: &Path, own_sections: &[&str]) -> Result<(), Error> {
 /// The layers, before they are turned into a [`Config`].
 #[derive(Debug, Clone)]
 pub(crate) struct Layers {
-    figment: Figment,
+    /// Every key set, with where it was set; what is not set takes its
+    /// default when read.
+    root: Node,
 }
 
 impl Layers {
@@ -231,26 +232,34 @@ impl Layers {
         flags: Vec<(String, String)>,
         own_sections: Option<&[&str]>,
     ) -> Result<Self, Error> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = path {
-            figment = figment.merge(file(path)?);
-        }
+        let mut root = match path {
+            Some(path) => file(path)?,
+            None => Node::empty(),
+        };
+        let mut set = |path: Vec<String>, node: Node| root.insert(&path, node);
         // The conventional `RUST_LOG`, below Trellis's own variables.
         if let Some(level) = std::env::var("RUST_LOG").ok().filter(|l| !l.trim().is_empty()) {
-            figment = figment.merge(Serialized::global("log.level", level));
+            set(vec!["log".to_owned(), "level".to_owned()], Node::scalar(&level, Source::Env("RUST_LOG".to_owned())));
         }
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .split("__")
-                .filter(|key| key.as_str() != "config")
-                .lowercase(true)
-                .map(|key| key.as_str().to_owned().into())
-                .global(),
-        );
+        // `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` is `shutdown.drain_timeout`.
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
+                continue;
+            };
+            let key = name[ENV_PREFIX.len()..].to_lowercase();
+            if key == "config" || key.is_empty() {
+                continue;
+            }
+            let value = value.into_string().map_err(|_| {
+                Error::Config(format!("environment variable {name} is not valid UTF-8; set it to text or unset it"))
+            })?;
+            let path = key.split("__").map(str::to_owned).collect();
+            set(path, Node::scalar(&value, Source::Env(name.to_owned())));
+        }
         for (key, value) in flags {
-            figment = figment.merge(Serialized::global(&key, parse_value(&value)));
+            set(key.split('.').map(str::to_owned).collect(), Node::scalar(&value, Source::Flag));
         }
-        let layers = Layers { figment };
+        let layers = Layers { root };
         into_result(layers.problems(own_sections)?)?;
         layers.config()?;
         Ok(layers)
@@ -260,16 +269,16 @@ impl Layers {
     /// file is: what the fuzz target reads.
     #[cfg(feature = "fuzzing")]
     pub(crate) fn from_toml(text: &str) -> Result<Config, Error> {
-        let layers = Layers {
-            figment: Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
-        };
+        let source = Source::File(Path::new("(input)").into());
+        let root = Node::parse_toml(text, &source).map_err(|err| Error::Config(format!("not valid TOML: {err}")))?;
+        let layers = Layers { root };
         into_result(layers.problems(None)?)?;
         layers.config()
     }
 
     /// The runtime's settings.
     pub(crate) fn config(&self) -> Result<Config, Error> {
-        self.figment.extract().map_err(config_error)
+        self.root.deserialize().map_err(|err| Error::Config(err.to_string()))
     }
 
     /// The section `key`, deserialized into `T` (a missing section is empty,
@@ -281,28 +290,16 @@ impl Layers {
     /// The top-level keys that are neither the runtime's nor in
     /// `own_sections`, where each came from, and whether it is a section.
     pub(crate) fn unknown(&self, own_sections: &[&str]) -> Result<Vec<Unknown>, Error> {
-        let merged = self.figment.find_value("").map_err(config_error)?;
-        let Some(dict) = merged.into_dict() else {
-            return Ok(Vec::new());
-        };
-        let mut unknown = Vec::new();
-        for (key, value) in dict {
-            if Config::KEYS.contains(&key.as_str()) || own_sections.contains(&key.as_str()) {
-                continue;
-            }
-            let section = matches!(value, Value::Dict(..));
-            let mut leaves = Vec::new();
-            collect_leaves(&value, &mut vec![key.clone()], &mut leaves);
-            let mut sources: Vec<String> = Vec::new();
-            for (path, tag) in leaves {
-                let source = source(self.figment.get_metadata(tag), &path);
-                if !sources.contains(&source) {
-                    sources.push(source);
-                }
-            }
-            unknown.push(Unknown { key, section, sources });
-        }
-        Ok(unknown)
+        let unknown = self.root.entries().filter(|(key, _)| {
+            !Config::KEYS.contains(&key.as_str()) && !own_sections.contains(&key.as_str())
+        });
+        Ok(unknown
+            .map(|(key, node)| Unknown {
+                key: key.clone(),
+                section: node.is_table(),
+                sources: node.sources().iter().map(ToString::to_string).collect(),
+            })
+            .collect())
     }
 
     /// Every unknown key and every bad value of the runtime's own keys, one
@@ -333,8 +330,8 @@ impl Layers {
     /// was set.
     fn tls_problems(&self) -> Result<(), Vec<String>> {
         let tls: TlsConfig = self.extract("tls")?;
-        let from = match self.figment.find_metadata("tls") {
-            Some(meta) => format!(" (from {})", source(Some(meta), &["tls".to_owned()])),
+        let from = match self.root.get("tls").and_then(Node::source) {
+            Some(source) => format!(" (from {source})"),
             None => String::new(),
         };
         let problems = tls.problems();
@@ -346,40 +343,15 @@ impl Layers {
 
     /// Whether the value at `key`, if there is one, is a `T`.
     fn check<T: DeserializeOwned>(&self, key: &str) -> Result<(), Vec<String>> {
-        if self.figment.contains(key) { self.extract::<T>(key).map(drop) } else { Ok(()) }
+        if self.root.get(key).is_some() { self.extract::<T>(key).map(drop) } else { Ok(()) }
     }
 
-    /// The value at top-level `key` as a `T`: a section through its keys, so
-    /// that errors name them (`shutdown.drain_timeout`), a missing section as
-    /// an empty one.
+    /// The value at top-level `key` as a `T`, a missing section as an empty
+    /// one.
     fn extract<T: DeserializeOwned>(&self, key: &str) -> Result<T, Vec<String>> {
-        let section = match self.figment.find_value(key) {
-            Ok(value) => matches!(value, Value::Dict(..)),
-            Err(err) => err.missing(),
-        };
-        if section {
-            self.figment.focus(key).extract().map_err(|err| {
-                err.into_iter()
-                    .map(|mut e| {
-                        e.path.insert(0, key.to_owned());
-                        describe(&e)
-                    })
-                    .collect()
-            })
-        } else {
-            // A single key: figment names it in the error's path, but a
-            // custom error (`listen`) lacks the layer it came from.
-            self.figment.extract_inner(key).map_err(|err| {
-                err.into_iter()
-                    .map(|mut e| {
-                        if e.metadata.is_none() {
-                            e.metadata = self.figment.find_metadata(key).cloned();
-                        }
-                        describe(&e)
-                    })
-                    .collect()
-            })
-        }
+        let empty = Node::empty();
+        let node = self.root.get(key).unwrap_or(&empty);
+        node.deserialize().map_err(|err| vec![err.under(key).to_string()])
     }
 }
 
@@ -431,34 +403,22 @@ fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-/// The paths and tags of every value under `value` (an empty table counts
-/// as one).
-fn collect_leaves(value: &Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, Tag)>) {
-    match value {
-        Value::Dict(_, dict) if !dict.is_empty() => {
-            for (key, value) in dict {
-                path.push(key.clone());
-                collect_leaves(value, path, out);
-                path.pop();
-            }
-        }
-        _ => out.push((path.clone(), value.tag())),
-    }
-}
-
 fn into_result(problems: Vec<String>) -> Result<(), Error> {
     if problems.is_empty() { Ok(()) } else { Err(Error::Config(problems.join("; "))) }
 }
 
 /// The file layer; a missing file is an error rather than an empty layer.
-fn file(path: &Path) -> Result<figment::providers::Data<Toml>, Error> {
+fn file(path: &Path) -> Result<Node, Error> {
     if !path.is_file() {
         return Err(Error::Config(format!(
             "config file `{}` does not exist (check the path given to --config)",
             path.display()
         )));
     }
-    Ok(Toml::file_exact(path))
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| Error::Config(format!("cannot read config file `{}`: {err}", path.display())))?;
+    Node::parse_toml(&text, &Source::File(path.into()))
+        .map_err(|err| Error::Config(format!("config file `{}` is not valid TOML: {err}", path.display())))
 }
 
 /// `listen`, checked on its own.
@@ -466,61 +426,6 @@ fn file(path: &Path) -> Result<figment::providers::Data<Toml>, Error> {
 #[expect(dead_code, reason = "only deserialized, to check the value")]
 #[serde(transparent)]
 struct Listen(#[serde(with = "crate::listen")] SocketAddr);
-
-/// A flag's value: a TOML scalar (`5`, `true`) when it parses as one,
-/// otherwise the string as given.
-fn parse_value(raw: &str) -> Value {
-    raw.parse::<Value>().unwrap_or_else(|_| raw.into())
-}
-
-fn config_error(err: figment::Error) -> Error {
-    let messages: Vec<String> = err.into_iter().map(|e| describe(&e)).collect();
-    Error::Config(messages.join("; "))
-}
-
-/// One error as "`key` (from SOURCE): what is wrong; what is accepted".
-fn describe(err: &figment::Error) -> String {
-    use figment::error::Kind;
-    // Service names contain dots: `clients."a.v1.A".balance`, as in TOML.
-    let key: Vec<String> =
-        err.path.iter().map(|k| if k.contains('.') { format!("\"{k}\"") } else { k.clone() }).collect();
-    let key = key.join(".");
-    let what = if key.is_empty() { "configuration".to_owned() } else { format!("`{key}`") };
-    let one_of = |options: &[&str]| options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
-    let problem = match &err.kind {
-        Kind::UnknownVariant(found, expected) => {
-            format!("`{found}` is not accepted; expected one of {}", one_of(expected))
-        }
-        Kind::UnknownField(found, []) => {
-            format!("unknown field `{found}`; this section takes no settings")
-        }
-        Kind::UnknownField(found, expected) => match nearest(found, expected) {
-            Some(near) => format!("unknown field `{found}`; did you mean `{near}`?"),
-            None => format!("unknown field `{found}`; expected one of {}", one_of(expected)),
-        },
-        Kind::InvalidType(actual, expected) => format!("found {actual}, expected {expected}"),
-        other => other.to_string(),
-    };
-    match &err.metadata {
-        Some(meta) => format!("{what} (from {}): {problem}", source(Some(meta), &err.path)),
-        None => format!("{what}: {problem}"),
-    }
-}
-
-/// Where the value at `path` was set, from its layer's metadata.
-fn source(meta: Option<&figment::Metadata>, path: &[String]) -> String {
-    match meta {
-        Some(meta) => match &meta.source {
-            Some(figment::Source::File(file)) => format!("file `{}`", file.display()),
-            _ if meta.name.contains("environment") => {
-                format!("environment variable {ENV_PREFIX}{}", path.join("__").to_uppercase())
-            }
-            // Defaults cannot be wrong, so anything else came from a flag.
-            _ => "the command line".to_owned(),
-        },
-        None => "the command line".to_owned(),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -591,8 +496,8 @@ mod tests {
     #[test]
     fn keys_are_the_fields_of_config() {
         let config = Config { advertise: Some("10.0.0.7".to_owned()), ..Config::default() };
-        let value = Value::serialize(&config).unwrap();
-        let mut fields: Vec<&str> = value.as_dict().unwrap().keys().map(String::as_str).collect();
+        let value = serde_json::to_value(&config).unwrap();
+        let mut fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         let mut keys = Config::KEYS.to_vec();
         fields.sort_unstable();
         keys.sort_unstable();

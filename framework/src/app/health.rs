@@ -12,43 +12,17 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Arg, ArgMatches, Command};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::args::Health;
 use crate::config::Config;
 use crate::registry::{Endpoint, Scheme};
 
-/// The `health` subcommand's arguments.
-pub(super) fn command() -> Command {
-    Command::new("health")
-        .about("Ask a running server whether it is SERVING (exit status 0 if it is)")
-        .arg(
-            Arg::new("addr")
-                .long("addr")
-                .value_name("HOST:PORT")
-                .help("The server to ask [default: the configured listen address, on loopback]"),
-        )
-        .arg(
-            Arg::new("service")
-                .long("service")
-                .value_name("NAME")
-                .default_value("")
-                .help("A full service name; empty asks about the whole server"),
-        )
-        .arg(
-            Arg::new("timeout")
-                .long("timeout")
-                .value_name("SECONDS")
-                .default_value("3")
-                .help("How long to wait for the answer"),
-        )
-}
-
-/// Runs `NAME health` with `matches` (the subcommand's) and the loaded `config`.
-pub(super) fn run(name: &str, config: &Config, matches: &ArgMatches) -> ExitCode {
-    let check = match Check::from(config, matches) {
+/// Runs `NAME health` with its flags and the loaded `config`.
+pub(super) fn run(name: &str, config: &Config, health: &Health) -> ExitCode {
+    let check = match Check::from(config, health) {
         Ok(check) => check,
         Err(message) => {
             eprintln!("{name} health: {message}");
@@ -88,8 +62,8 @@ struct Check {
 }
 
 impl Check {
-    fn from(config: &Config, matches: &ArgMatches) -> Result<Check, String> {
-        let raw = matches.get_one::<String>("timeout").map_or("3", String::as_str);
+    fn from(config: &Config, health: &Health) -> Result<Check, String> {
+        let raw = &health.timeout;
         let timeout = raw
             .parse::<f64>()
             .ok()
@@ -97,7 +71,7 @@ impl Check {
             .map_or(Err(format!("--timeout `{raw}` is not a positive number of seconds")), |s| {
                 Ok(Duration::from_secs_f64(s))
             })?;
-        let endpoint = match matches.get_one::<String>("addr") {
+        let endpoint = match &health.addr {
             Some(addr) => parse_addr(addr)?,
             None => {
                 let listen = config.listen;
@@ -116,8 +90,7 @@ impl Check {
             }
         };
         let scheme = if config.tls.serves_tls() { Scheme::Https } else { Scheme::Http };
-        let service = matches.get_one::<String>("service").cloned().unwrap_or_default();
-        Ok(Check { endpoint: endpoint.with_scheme(scheme), service, timeout })
+        Ok(Check { endpoint: endpoint.with_scheme(scheme), service: health.service.clone(), timeout })
     }
 
     async fn ask(&self, config: &Config) -> Result<ServingStatus, String> {

@@ -1,15 +1,14 @@
 //! The command line every Trellis service binary shares, and the [`Context`]
 //! a service's setup code receives.
 
+mod args;
 mod health;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use clap::{Arg, ArgAction, Command};
 use serde::de::DeserializeOwned;
 
 use crate::client::Clients;
@@ -107,26 +106,24 @@ impl App {
     }
 
     /// Parses `args` (the first is the program name), loads configuration,
-    /// starts logging, and runs `setup` on a new Tokio runtime. Errors are
-    /// printed as one readable line and turned into a failing exit code: 2 for
-    /// bad usage or configuration, 1 for failures while running. When `setup`
-    /// returns, sections of the configuration that nothing read are an error
-    /// (exit code 2).
+    /// starts logging, and runs `setup` on a new Tokio runtime. `--help` and
+    /// `--version` print to stdout and exit with code 0. Errors are printed
+    /// as one readable line and turned into a failing exit code: 2 for bad
+    /// usage (with the usage line) or configuration, 1 for failures while
+    /// running. When `setup` returns, sections of the configuration that
+    /// nothing read are an error (exit code 2).
     pub fn run_with_args<I, T, F, Fut>(self, args: I, setup: F) -> ExitCode
     where
         I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
+        T: Into<OsString>,
         F: FnOnce(Context) -> Fut,
         Fut: Future<Output = Result<(), BoxError>>,
     {
-        let matches = match self.command().try_get_matches_from(args) {
-            Ok(matches) => matches,
-            Err(err) => {
-                let _ = err.print();
-                return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
-            }
+        let args = match args::parse(args) {
+            Ok(args) => args,
+            Err(exit) => return exit.report(&self),
         };
-        let ctx = match Context::from_matches(self.name, self.version, &matches, self.sections) {
+        let ctx = match Context::from_args(self.name, self.version, &args, self.sections) {
             Ok(mut ctx) => {
                 ctx.config.admin.listen = ctx.config.admin.listen.or(self.admin);
                 ctx
@@ -136,7 +133,7 @@ impl App {
                 return ExitCode::from(2);
             }
         };
-        if let Some(health) = matches.subcommand_matches("health") {
+        if let Some(health) = &args.health {
             return health::run(self.name, &ctx.config, health);
         }
         if let Err(err) = crate::telemetry::init(&ctx.config.log)
@@ -173,62 +170,6 @@ impl App {
                 code
             }
         }
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(self.name)
-            .version(self.version)
-            .arg(
-                Arg::new("listen")
-                    .long("listen")
-                    .value_name("ADDR")
-                    .help("Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:0]"),
-            )
-            .arg(
-                Arg::new("admin-listen")
-                    .long("admin-listen")
-                    .value_name("ADDR")
-                    .help("Serve /metrics, /healthz, /readyz and the status page on HOST:PORT, apart from the gRPC port [default: off]"),
-            )
-            .arg(
-                Arg::new("rest-listen")
-                    .long("rest-listen")
-                    .value_name("ADDR")
-                    .help("Serve the REST routes on HOST:PORT instead of the gRPC port [default: the gRPC port]"),
-            )
-            .arg(
-                Arg::new("config")
-                    .long("config")
-                    .value_name("FILE")
-                    .value_parser(clap::value_parser!(PathBuf))
-                    .help("TOML file of settings; environment variables TRELLIS_* and flags override it"),
-            )
-            .arg(
-                Arg::new("registry")
-                    .long("registry")
-                    .value_name("URL")
-                    .help("Where services register and find each other: local://[DIR] (default), etcd://HOST:PORT, dns://NAME:PORT or static://SERVICE=HOST:PORT"),
-            )
-            .arg(
-                Arg::new("log-format")
-                    .long("log-format")
-                    .value_name("FORMAT")
-                    .value_parser(["text", "json"])
-                    .help("Log as human-readable text or as JSON lines [default: text]"),
-            )
-            .arg(
-                Arg::new("set")
-                    .short('s')
-                    .long("set")
-                    .value_name("KEY=VALUE")
-                    .action(ArgAction::Append)
-                    .help("Set any configuration key, e.g. shutdown.drain_timeout=30s (repeatable)"),
-            )
-            .subcommand(health::command());
-        if let Some(about) = self.about {
-            cmd = cmd.about(about);
-        }
-        cmd
     }
 }
 
@@ -271,14 +212,14 @@ impl Sections {
 }
 
 impl Context {
-    fn from_matches(
+    fn from_args(
         name: &'static str,
         version: &'static str,
-        matches: &clap::ArgMatches,
+        args: &args::Args,
         sections: Option<&'static [&'static str]>,
     ) -> Result<Self, Error> {
         let mut flags = Vec::new();
-        for raw in matches.get_many::<String>("set").into_iter().flatten() {
+        for raw in &args.set {
             let (key, value) = raw.split_once('=').ok_or_else(|| {
                 Error::Config(format!(
                     "--set `{raw}`: expected KEY=VALUE, such as shutdown.drain_timeout=30s"
@@ -286,22 +227,18 @@ impl Context {
             })?;
             flags.push((key.trim().to_owned(), value.to_owned()));
         }
-        for key in ["listen", "registry"] {
-            if let Some(value) = matches.get_one::<String>(key) {
+        for (key, value) in [
+            ("listen", &args.listen),
+            ("registry", &args.registry),
+            ("rest.listen", &args.rest_listen),
+            ("admin.listen", &args.admin_listen),
+            ("log.format", &args.log_format),
+        ] {
+            if let Some(value) = value {
                 flags.push((key.to_owned(), value.clone()));
             }
         }
-        if let Some(value) = matches.get_one::<String>("rest-listen") {
-            flags.push(("rest.listen".to_owned(), value.clone()));
-        }
-        if let Some(value) = matches.get_one::<String>("admin-listen") {
-            flags.push(("admin.listen".to_owned(), value.clone()));
-        }
-        if let Some(format) = matches.get_one::<String>("log-format") {
-            flags.push(("log.format".to_owned(), format.clone()));
-        }
-        let file = matches.get_one::<PathBuf>("config");
-        let layers = Layers::load(file.map(PathBuf::as_path), flags, sections)?;
+        let layers = Layers::load(args.config.as_deref(), flags, sections)?;
         let config = layers.config()?;
         let registry = Registry::from_url(config.registry.expose())?;
         let metrics = Metrics::new(name, version);
@@ -424,17 +361,17 @@ mod tests {
 
     use super::*;
 
-    fn args(flags: &[&str]) -> Vec<String> {
+    fn argv(flags: &[&str]) -> Vec<String> {
         std::iter::once("svc").chain(flags.iter().copied()).map(str::to_owned).collect()
     }
 
     #[test]
     fn an_unread_section_fails_when_setup_returns() {
         let app = || App::new("svc", "0.1.0");
-        let code = app().run_with_args(args(&["--set", "nosuch.key=1"]), |_ctx| async { Ok(()) });
+        let code = app().run_with_args(argv(&["--set", "nosuch.key=1"]), |_ctx| async { Ok(()) });
         assert_eq!(code, ExitCode::from(2));
 
-        let code = app().run_with_args(args(&["--set", "nosuch.key=1"]), |ctx| async move {
+        let code = app().run_with_args(argv(&["--set", "nosuch.key=1"]), |ctx| async move {
             let value: BTreeSet<String> =
                 ctx.section::<std::collections::BTreeMap<String, i64>>("nosuch")?.into_keys().collect();
             assert_eq!(value, BTreeSet::from(["key".to_owned()]));
@@ -453,11 +390,11 @@ mod tests {
             }
         };
         let app = || App::new("svc", "0.1.0").sections(&["payment"]);
-        let code = app().run_with_args(args(&["--set", "paymnt.database=x"]), setup(Arc::clone(&ran)));
+        let code = app().run_with_args(argv(&["--set", "paymnt.database=x"]), setup(Arc::clone(&ran)));
         assert_eq!(code, ExitCode::from(2));
         assert!(!ran.load(Ordering::SeqCst), "setup ran with a misspelt section");
 
-        let code = app().run_with_args(args(&["--set", "payment.database=x"]), setup(Arc::clone(&ran)));
+        let code = app().run_with_args(argv(&["--set", "payment.database=x"]), setup(Arc::clone(&ran)));
         assert_eq!(code, ExitCode::SUCCESS);
         assert!(ran.load(Ordering::SeqCst));
     }
@@ -465,32 +402,64 @@ mod tests {
     #[test]
     fn an_unknown_key_fails_before_setup() {
         let code = App::new("svc", "0.1.0")
-            .run_with_args(args(&["--set", "registy=static://"]), |_ctx| async { panic!("setup ran") });
+            .run_with_args(argv(&["--set", "registy=static://"]), |_ctx| async { panic!("setup ran") });
         assert_eq!(code, ExitCode::from(2));
     }
 
     #[test]
     fn log_format_takes_text_or_json_and_names_them_otherwise() {
-        let matches =
-            App::new("svc", "0.1.0").command().try_get_matches_from(args(&["--log-format", "json"])).unwrap();
-        let ctx = Context::from_matches("svc", "0.1.0", &matches, None).unwrap();
+        let parsed = args::parse(argv(&["--log-format", "json"])).unwrap();
+        let ctx = Context::from_args("svc", "0.1.0", &parsed, None).unwrap();
         assert_eq!(ctx.config.log.format, LogFormat::Json);
 
-        let err = App::new("svc", "0.1.0")
-            .command()
-            .try_get_matches_from(args(&["--log-format", "xml"]))
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("'xml'") && text.contains("text") && text.contains("json"), "{text}");
+        let err = args::parse(argv(&["--log-format", "xml"])).unwrap_err();
+        let text = err.text(&App::new("svc", "0.1.0"));
+        assert!(text.starts_with("svc: error: invalid value 'xml' for '--log-format <FORMAT>'"), "{text}");
+        assert!(text.contains("possible values: text, json"), "{text}");
+    }
+
+    #[test]
+    fn every_flag_reaches_the_configuration() {
+        let parsed = args::parse(argv(&[
+            "--listen=127.0.0.1:7001",
+            "--admin-listen",
+            "127.0.0.1:7002",
+            "--rest-listen",
+            "127.0.0.1:7003",
+            "--registry",
+            "static://a=127.0.0.1:1",
+            "--log-format=json",
+            "-s",
+            "shutdown.drain_timeout=7s",
+        ]))
+        .unwrap();
+        let config = Context::from_args("svc", "0.1.0", &parsed, None).unwrap().config;
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(config.admin.listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(config.rest.listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:7003"));
+        assert_eq!(config.registry.expose(), "static://a=127.0.0.1:1");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.shutdown.drain_timeout, std::time::Duration::from_secs(7));
+    }
+
+    #[test]
+    fn help_version_and_usage_errors_exit_before_setup() {
+        let run = |flags: &[&str]| {
+            App::new("svc", "0.1.0").run_with_args(argv(flags), |_ctx| async { panic!("setup ran") })
+        };
+        assert_eq!(run(&["--help"]), ExitCode::SUCCESS);
+        assert_eq!(run(&["health", "--help"]), ExitCode::SUCCESS);
+        assert_eq!(run(&["--version"]), ExitCode::SUCCESS);
+        assert_eq!(run(&["--lisen", "127.0.0.1:0"]), ExitCode::from(2));
+        assert_eq!(run(&["--listen"]), ExitCode::from(2));
+        assert_eq!(run(&["serve"]), ExitCode::from(2));
     }
 
     #[tokio::test]
     async fn the_server_binds_only_once_every_section_is_read() {
-        let matches = App::new("svc", "0.1.0")
-            .command()
-            .try_get_matches_from(args(&["--set", "shutdwn.drain_timeout=1s", "--set", "payment.database=x"]))
-            .unwrap();
-        let ctx = Context::from_matches("svc", "0.1.0", &matches, None).unwrap();
+        let parsed =
+            args::parse(argv(&["--set", "shutdwn.drain_timeout=1s", "--set", "payment.database=x"])).unwrap();
+        let ctx = Context::from_args("svc", "0.1.0", &parsed, None).unwrap();
 
         let err = ctx.server().bind().await.unwrap_err();
         let Error::Config(message) = err else { panic!("expected a configuration error, got {err}") };

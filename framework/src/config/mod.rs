@@ -394,7 +394,7 @@ fn describe_unknown<'a>(unknown: impl Iterator<Item = &'a Unknown>, sections: &[
 }
 
 /// The known key most like `key`, if one is alike enough to be a misspelling.
-fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (strsim::jaro_winkler(key, k), *k))

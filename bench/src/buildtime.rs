@@ -10,8 +10,9 @@
 //!   comes from the next measurement.
 //! - **A service crate built from scratch** (skipped with `--quick`: it
 //!   takes minutes): the same `OrderPayment` service written once on Trellis
-//!   and once on tonic alone, each in a fresh crate with a fresh target
-//!   directory, dependencies pinned by this workspace's `Cargo.lock`. Reports
+//!   (with its default features, and with `rest`) and once on tonic alone,
+//!   each in a fresh crate with a fresh target directory, built in rounds
+//!   (each round starts with a different crate), dependencies pinned by this workspace's `Cargo.lock`. Reports
 //!   the clean debug build, the time its `build.rs` spent generating code,
 //!   and the rebuild after the proto changes. Both crates are built with
 //!   `-D warnings`: generated code must compile cleanly in a user's crate.
@@ -107,55 +108,72 @@ fn codegen(workspace: &Path, scratch: &Path, reps: usize) -> serde_json::Value {
     json!({ "trellis_build_ms": ours, "tonic_prost_build_ms": theirs, "ratio": ours / theirs })
 }
 
-/// A service crate built from scratch: Trellis, then tonic alone.
+/// Clean builds of each crate, in rounds: each round builds every kind once,
+/// starting one kind further on, so that no kind always builds first.
+const ROUNDS: usize = 3;
+
+/// Service crates built from scratch: tonic alone, Trellis with its default
+/// features, and Trellis with `rest` (as the order services build it).
 fn clean_builds(workspace: &Path, scratch: &Path) -> serde_json::Value {
-    let mut rows = Vec::new();
+    let kinds = [Kind::Tonic, Kind::Trellis, Kind::TrellisRest];
+    let mut rows: Vec<(Kind, Vec<BuildTimes>)> = kinds.iter().map(|&k| (k, Vec::new())).collect();
     let mut json = serde_json::Map::new();
-    for kind in [Kind::Tonic, Kind::Trellis] {
-        match clean_build(workspace, scratch, kind) {
-            Ok(times) => {
-                json.insert(
-                    kind.name().into(),
-                    json!({
-                        "clean_build_s": times.clean.as_secs_f64(),
-                        "build_rs_codegen_ms": times.codegen.map(|d| d.as_secs_f64() * 1e3),
-                        "rebuild_after_proto_change_s": times.rebuild.as_secs_f64(),
-                    }),
-                );
-                rows.push((kind, times));
-            }
-            Err(err) => {
-                eprintln!("build: {} service crate: {err}", kind.name());
-                json.insert(kind.name().into(), json!({ "error": err }));
+    for round in 0..ROUNDS {
+        for i in 0..kinds.len() {
+            let kind = kinds[(i + round) % kinds.len()];
+            match clean_build(workspace, scratch, kind) {
+                Ok(times) => {
+                    println!("  round {}: {:<34} {:>6.1} s", round + 1, kind.label(), times.clean.as_secs_f64());
+                    if let Some((_, runs)) = rows.iter_mut().find(|(k, _)| *k == kind) {
+                        runs.push(times);
+                    }
+                }
+                Err(err) => {
+                    eprintln!("build: {} service crate: {err}", kind.name());
+                    json.insert(kind.name().into(), json!({ "error": err }));
+                    return serde_json::Value::Object(json);
+                }
             }
         }
     }
     println!(
-        "\nbuild: one service crate (OrderPayment) from scratch, debug, {} jobs, once each",
+        "\nbuild: one service crate (OrderPayment) from scratch, debug, {} jobs, {ROUNDS} rounds (median)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "  {:<24} {:>14} {:>9} {:>16} {:>18}",
-        "crate", "clean build s", "x", "build.rs codegen", "rebuild on proto s"
+        "  {:<34} {:>14} {:>9} {:>16} {:>18}  {}",
+        "crate", "clean build s", "x", "build.rs codegen", "rebuild on proto s", "x per round"
     );
-    let base = rows.iter().find(|(k, _)| *k == Kind::Tonic).map(|(_, t)| t.clean);
-    for (kind, times) in &rows {
-        let ratio = base.map_or(f64::NAN, |b| times.clean.as_secs_f64() / b.as_secs_f64());
-        let codegen =
-            times.codegen.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+    let clean = |runs: &[BuildTimes]| median(runs.iter().map(|t| t.clean.as_secs_f64()).collect());
+    let base = rows.iter().find(|(k, _)| *k == Kind::Tonic).map(|(_, runs)| (clean(runs), runs));
+    for (kind, runs) in &rows {
+        let Some((base_clean, base_runs)) = base else { break };
+        let ratio = clean(runs) / base_clean;
+        let per_round: Vec<String> = runs
+            .iter()
+            .zip(base_runs)
+            .map(|(t, b)| format!("{:.2}", t.clean.as_secs_f64() / b.clean.as_secs_f64()))
+            .collect();
+        let codegen: Vec<f64> = runs.iter().filter_map(|t| t.codegen).map(|d| d.as_secs_f64() * 1e3).collect();
+        let codegen = if codegen.is_empty() { f64::NAN } else { median(codegen) };
+        let rebuild = median(runs.iter().map(|t| t.rebuild.as_secs_f64()).collect());
         println!(
-            "  {:<24} {:>14.1} {:>9.3} {:>16} {:>18.1}",
+            "  {:<34} {:>14.1} {:>9.3} {:>13.0} ms {:>18.1}  {}",
             kind.label(),
-            times.clean.as_secs_f64(),
+            clean(runs),
             ratio,
             codegen,
-            times.rebuild.as_secs_f64()
+            rebuild,
+            per_round.join(" ")
         );
-    }
-    if let [(_, tonic), (_, trellis)] = rows.as_slice() {
         json.insert(
-            "clean_build_ratio".into(),
-            json!(trellis.clean.as_secs_f64() / tonic.clean.as_secs_f64()),
+            kind.name().into(),
+            json!({
+                "clean_build_s": runs.iter().map(|t| t.clean.as_secs_f64()).collect::<Vec<_>>(),
+                "clean_build_ratio": ratio,
+                "build_rs_codegen_ms": codegen,
+                "rebuild_after_proto_change_s": rebuild,
+            }),
         );
     }
     serde_json::Value::Object(json)
@@ -164,7 +182,10 @@ fn clean_builds(workspace: &Path, scratch: &Path) -> serde_json::Value {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Tonic,
+    /// `trellis` with its default features.
     Trellis,
+    /// `trellis` with `rest`.
+    TrellisRest,
 }
 
 impl Kind {
@@ -172,6 +193,7 @@ impl Kind {
         match self {
             Kind::Tonic => "tonic",
             Kind::Trellis => "trellis",
+            Kind::TrellisRest => "trellis-rest",
         }
     }
 
@@ -179,6 +201,7 @@ impl Kind {
         match self {
             Kind::Tonic => "tonic + tonic-prost-build",
             Kind::Trellis => "trellis + trellis-build",
+            Kind::TrellisRest => "trellis (rest) + trellis-build",
         }
     }
 }
@@ -281,11 +304,12 @@ fn which(program: &str) -> Option<PathBuf> {
 fn cargo_toml(workspace: &Path, kind: Kind) -> String {
     let workspace = workspace.canonicalize().unwrap_or_else(|_| workspace.to_owned());
     let deps = match kind {
-        Kind::Trellis => format!(
-            "trellis = {{ path = \"{framework}\" }}\n\
+        Kind::Trellis | Kind::TrellisRest => format!(
+            "trellis = {{ path = \"{framework}\"{features} }}\n\
              \n[build-dependencies]\n\
              trellis-build = {{ path = \"{codegen}\" }}\n",
             framework = workspace.join("framework").display(),
+            features = if kind == Kind::TrellisRest { ", features = [\"rest\"]" } else { "" },
             codegen = workspace.join("codegen").display(),
         ),
         Kind::Tonic => "tonic = \"0.14.9\"\n\
@@ -305,7 +329,7 @@ fn cargo_toml(workspace: &Path, kind: Kind) -> String {
 
 fn build_rs(kind: Kind) -> String {
     let compile = match kind {
-        Kind::Trellis => "trellis_build::compile(&[\"proto/payment.proto\"], &[\"proto\"]);",
+        Kind::Trellis | Kind::TrellisRest => "trellis_build::compile(&[\"proto/payment.proto\"], &[\"proto\"]);",
         Kind::Tonic => "tonic_prost_build::compile_protos(\"proto/payment.proto\").expect(\"codegen\");",
     };
     format!(
@@ -321,7 +345,7 @@ fn build_rs(kind: Kind) -> String {
 /// The same service on both stacks: three methods answering defaults.
 fn main_rs(kind: Kind) -> String {
     let (module, imports, serve) = match kind {
-        Kind::Trellis => (
+        Kind::Trellis | Kind::TrellisRest => (
             "mod proto {\n    trellis::include_protos!();\n}",
             "use trellis::{Request, Response, Status};",
             "fn main() -> std::process::ExitCode {\n    \
@@ -346,7 +370,7 @@ fn main_rs(kind: Kind) -> String {
         ),
     };
     let attr = match kind {
-        Kind::Trellis => "#[trellis::async_trait]",
+        Kind::Trellis | Kind::TrellisRest => "#[trellis::async_trait]",
         Kind::Tonic => "#[tonic::async_trait]",
     };
     format!(

@@ -41,8 +41,10 @@
 //!   every build.
 //! - `etcd` (off by default): the `etcd://` [registry] backend, on the
 //!   `etcd-client` crate, whose build needs `protoc`.
-//! - `rest` (default): REST/JSON on the gRPC port from the protos'
-//!   `google.api.http` routes ([gateway]), through `prost-reflect`.
+//! - `rest` (off by default; the order services turn it on): REST/JSON on
+//!   the gRPC port from the protos' `google.api.http` routes ([gateway]),
+//!   through `prost-reflect`. A server built without it names the routes it
+//!   leaves unserved in a warning when it starts.
 //! - `consul` (off by default): the `consul://` [registry] backend, through
 //!   a Consul agent's HTTP API.
 //! - `eureka` (off by default): the `eureka://` [registry] backend, through

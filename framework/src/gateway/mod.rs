@@ -1,7 +1,9 @@
 //! REST/JSON from the same proto: the `google.api.http` routes that
-//! `trellis-build` checked, served on the gRPC port (cargo feature `rest`, on
-//! by default), or on a listener of their own with `rest.listen`
-//! (`--rest-listen ADDR`, [`RestConfig`]).
+//! `trellis-build` checked, served on the gRPC port, or on a listener of their own with
+//! `rest.listen` (`--rest-listen ADDR`, [`RestConfig`]). Cargo feature `rest`
+//! (off by default: a service without routes need not build the JSON
+//! mapping); a build without it names the routes it leaves unserved in a
+//! warning when the server starts.
 //!
 //! A request whose content type is not `application/grpc...` and whose
 //! method and path match a route is transcoded into a call to the same
@@ -199,24 +201,79 @@ pub(crate) fn layers(
 }
 
 /// Without the `rest` feature there is no gateway: a layer that adds
-/// nothing, and no REST listener.
+/// nothing, and no REST listener. Routes the services declare are named in a
+/// warning, with how to serve them.
 ///
 /// # Errors
 ///
 /// When a separate REST listener is asked for.
 #[cfg(not(feature = "rest"))]
 pub(crate) fn layers(
-    _services: &[&'static crate::descriptor::ServiceDescriptor],
+    services: &[&'static crate::descriptor::ServiceDescriptor],
     separate: bool,
 ) -> Result<(tower_layer::Identity, Option<tower_layer::Identity>), crate::error::Error> {
     if separate {
         return Err(crate::error::Error::Config(
             "`rest.listen` is set but Trellis was built without its `rest` feature; turn the feature on \
-             or unset `rest.listen`"
+             (`trellis = { version = \"...\", features = [\"rest\"] }`) or unset `rest.listen`"
                 .to_owned(),
         ));
     }
+    if let Some(warning) = unserved_routes(services) {
+        tracing::warn!("{warning}");
+    }
     Ok((tower_layer::Identity::new(), None))
+}
+
+/// What a build without the `rest` feature leaves unserved: the services
+/// whose methods have `google.api.http` routes, and how to serve them.
+#[cfg(not(feature = "rest"))]
+fn unserved_routes(services: &[&'static crate::descriptor::ServiceDescriptor]) -> Option<String> {
+    let with_routes: Vec<String> = services
+        .iter()
+        .filter_map(|service| {
+            let routes = service.methods().iter().filter(|m| m.http_rule().is_some()).count();
+            (routes > 0).then(|| format!("{} ({routes})", service.name()))
+        })
+        .collect();
+    (!with_routes.is_empty()).then(|| {
+        format!(
+            "REST routes (google.api.http) of {} are not served: Trellis was built without its `rest` \
+             feature; add `features = [\"rest\"]` to the `trellis` dependency to serve them",
+            with_routes.join(", ")
+        )
+    })
+}
+
+#[cfg(all(test, not(feature = "rest")))]
+mod tests {
+    use crate::descriptor::{
+        HttpMethod, HttpRule, Idempotency, MethodDescriptor, PathTemplate, ServiceDescriptor, StreamingKind,
+    };
+
+    static RULE: HttpRule = HttpRule::new(HttpMethod::Get, PathTemplate::new("/v1/things", &[], None));
+    static ROUTED: [MethodDescriptor; 2] = [
+        MethodDescriptor::new("Get", "/a.v1.A/Get", Idempotency::NoSideEffects, StreamingKind::Unary)
+            .with_http_rule(&RULE),
+        MethodDescriptor::new("Put", "/a.v1.A/Put", Idempotency::Unknown, StreamingKind::Unary),
+    ];
+    static PLAIN: [MethodDescriptor; 1] =
+        [MethodDescriptor::new("Put", "/b.v1.B/Put", Idempotency::Unknown, StreamingKind::Unary)];
+    static A: ServiceDescriptor = ServiceDescriptor::new("a.v1.A", &ROUTED, &[]);
+    static B: ServiceDescriptor = ServiceDescriptor::new("b.v1.B", &PLAIN, &[]);
+
+    #[test]
+    fn routes_left_unserved_are_named_with_the_feature_that_serves_them() {
+        let warning = super::unserved_routes(&[&A, &B]).expect("a warning");
+        assert_eq!(
+            warning,
+            "REST routes (google.api.http) of a.v1.A (1) are not served: Trellis was built without its \
+             `rest` feature; add `features = [\"rest\"]` to the `trellis` dependency to serve them"
+        );
+        assert_eq!(super::unserved_routes(&[&B]), None, "no routes, nothing to say");
+        let err = super::layers(&[&B], true).map(drop).expect_err("no REST listener without the feature");
+        assert!(err.to_string().contains("features = [\"rest\"]"), "{err}");
+    }
 }
 
 #[cfg(feature = "rest")]

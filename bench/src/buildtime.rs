@@ -11,10 +11,11 @@
 //! - **A service crate built from scratch** (skipped with `--quick`: it
 //!   takes minutes): the same `OrderPayment` service written once on Trellis
 //!   (with its default features, and with `rest`) and once on tonic alone,
-//!   each in a fresh crate with a fresh target directory, built in rounds
-//!   (each round starts with a different crate), dependencies pinned by this workspace's `Cargo.lock`. Reports
-//!   the clean debug build, the time its `build.rs` spent generating code,
-//!   and the rebuild after the proto changes. Both crates are built with
+//!   each in a fresh crate with a fresh target directory, dependencies
+//!   pinned by this workspace's `Cargo.lock`, built in rounds (each round
+//!   starts with a different crate). Reports the median clean debug build,
+//!   the ratio in each round, the time its `build.rs` spent generating code,
+//!   and the rebuild after the proto changes. All crates are built with
 //!   `-D warnings`: generated code must compile cleanly in a user's crate.
 
 use std::path::{Path, PathBuf};

@@ -124,7 +124,12 @@ fn clean_builds(workspace: &Path, scratch: &Path) -> serde_json::Value {
             let kind = kinds[(i + round) % kinds.len()];
             match clean_build(workspace, scratch, kind) {
                 Ok(times) => {
-                    println!("  round {}: {:<34} {:>6.1} s", round + 1, kind.label(), times.clean.as_secs_f64());
+                    println!(
+                        "  round {}: {:<34} {:>6.1} s",
+                        round + 1,
+                        kind.label(),
+                        times.clean.as_secs_f64()
+                    );
                     if let Some((_, runs)) = rows.iter_mut().find(|(k, _)| *k == kind) {
                         runs.push(times);
                     }
@@ -142,8 +147,8 @@ fn clean_builds(workspace: &Path, scratch: &Path) -> serde_json::Value {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "  {:<34} {:>14} {:>9} {:>16} {:>18}  {}",
-        "crate", "clean build s", "x", "build.rs codegen", "rebuild on proto s", "x per round"
+        "  {:<34} {:>14} {:>9} {:>16} {:>18}  x per round",
+        "crate", "clean build s", "x", "build.rs codegen", "rebuild on proto s"
     );
     let clean = |runs: &[BuildTimes]| median(runs.iter().map(|t| t.clean.as_secs_f64()).collect());
     let base = rows.iter().find(|(k, _)| *k == Kind::Tonic).map(|(_, runs)| (clean(runs), runs));
@@ -155,7 +160,8 @@ fn clean_builds(workspace: &Path, scratch: &Path) -> serde_json::Value {
             .zip(base_runs)
             .map(|(t, b)| format!("{:.2}", t.clean.as_secs_f64() / b.clean.as_secs_f64()))
             .collect();
-        let codegen: Vec<f64> = runs.iter().filter_map(|t| t.codegen).map(|d| d.as_secs_f64() * 1e3).collect();
+        let codegen: Vec<f64> =
+            runs.iter().filter_map(|t| t.codegen).map(|d| d.as_secs_f64() * 1e3).collect();
         let codegen = if codegen.is_empty() { f64::NAN } else { median(codegen) };
         let rebuild = median(runs.iter().map(|t| t.rebuild.as_secs_f64()).collect());
         println!(
@@ -330,7 +336,9 @@ fn cargo_toml(workspace: &Path, kind: Kind) -> String {
 
 fn build_rs(kind: Kind) -> String {
     let compile = match kind {
-        Kind::Trellis | Kind::TrellisRest => "trellis_build::compile(&[\"proto/payment.proto\"], &[\"proto\"]);",
+        Kind::Trellis | Kind::TrellisRest => {
+            "trellis_build::compile(&[\"proto/payment.proto\"], &[\"proto\"]);"
+        }
         Kind::Tonic => "tonic_prost_build::compile_protos(\"proto/payment.proto\").expect(\"codegen\");",
     };
     format!(

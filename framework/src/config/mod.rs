@@ -239,7 +239,10 @@ impl Layers {
         let mut set = |path: Vec<String>, node: Node| root.insert(&path, node);
         // The conventional `RUST_LOG`, below Trellis's own variables.
         if let Some(level) = std::env::var("RUST_LOG").ok().filter(|l| !l.trim().is_empty()) {
-            set(vec!["log".to_owned(), "level".to_owned()], Node::scalar(&level, Source::Env("RUST_LOG".to_owned())));
+            set(
+                vec!["log".to_owned(), "level".to_owned()],
+                Node::scalar(&level, Source::Env("RUST_LOG".to_owned())),
+            );
         }
         // `TRELLIS_SHUTDOWN__DRAIN_TIMEOUT` is `shutdown.drain_timeout`.
         for (name, value) in std::env::vars_os() {
@@ -251,7 +254,9 @@ impl Layers {
                 continue;
             }
             let value = value.into_string().map_err(|_| {
-                Error::Config(format!("environment variable {name} is not valid UTF-8; set it to text or unset it"))
+                Error::Config(format!(
+                    "environment variable {name} is not valid UTF-8; set it to text or unset it"
+                ))
             })?;
             let path = key.split("__").map(str::to_owned).collect();
             set(path, Node::scalar(&value, Source::Env(name.to_owned())));
@@ -270,7 +275,8 @@ impl Layers {
     #[cfg(feature = "fuzzing")]
     pub(crate) fn from_toml(text: &str) -> Result<Config, Error> {
         let source = Source::File(Path::new("(input)").into());
-        let root = Node::parse_toml(text, &source).map_err(|err| Error::Config(format!("not valid TOML: {err}")))?;
+        let root =
+            Node::parse_toml(text, &source).map_err(|err| Error::Config(format!("not valid TOML: {err}")))?;
         let layers = Layers { root };
         into_result(layers.problems(None)?)?;
         layers.config()

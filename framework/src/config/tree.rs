@@ -77,7 +77,9 @@ impl Node {
     pub(crate) fn scalar(raw: &str, source: Source) -> Node {
         let parsed = format!("v = {raw}").parse::<toml::Table>().ok().filter(|t| t.len() == 1);
         match parsed.and_then(|mut table| table.remove("v")) {
-            Some(toml::Value::String(s)) => Node { value: Value::String(s), source: Some(source), text: None },
+            Some(toml::Value::String(s)) => {
+                Node { value: Value::String(s), source: Some(source), text: None }
+            }
             Some(value) => Node { text: Some(raw.to_owned()), ..Node::from_toml(value, &source) },
             None => Node { value: Value::String(raw.to_owned()), source: Some(source), text: None },
         }
@@ -90,7 +92,9 @@ impl Node {
             toml::Value::Float(f) => Value::Float(f),
             toml::Value::Boolean(b) => Value::Boolean(b),
             toml::Value::Datetime(d) => Value::String(d.to_string()),
-            toml::Value::Array(items) => Value::Array(items.into_iter().map(|v| Node::from_toml(v, source)).collect()),
+            toml::Value::Array(items) => {
+                Value::Array(items.into_iter().map(|v| Node::from_toml(v, source)).collect())
+            }
             toml::Value::Table(table) => {
                 Value::Table(table.into_iter().map(|(k, v)| (k, Node::from_toml(v, source))).collect())
             }
@@ -276,12 +280,15 @@ impl fmt::Display for Error {
         if let Some(source) = &self.source {
             write!(f, " (from {source})")?;
         }
-        let one_of = |options: &[&str]| options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
+        let one_of =
+            |options: &[&str]| options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
         match &self.kind {
             Kind::UnknownVariant(found, expected) => {
                 write!(f, ": `{found}` is not accepted; expected one of {}", one_of(expected))
             }
-            Kind::UnknownField(found, []) => write!(f, ": unknown field `{found}`; this section takes no settings"),
+            Kind::UnknownField(found, []) => {
+                write!(f, ": unknown field `{found}`; this section takes no settings")
+            }
             Kind::UnknownField(found, expected) => match super::nearest(found, expected) {
                 Some(near) => write!(f, ": unknown field `{found}`; did you mean `{near}`?"),
                 None => write!(f, ": unknown field `{found}`; expected one of {}", one_of(expected)),
@@ -331,7 +338,11 @@ impl<'de> de::Deserializer<'de> for Deserializer<'_> {
         visitor.visit_some(self)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -429,10 +440,18 @@ mod tests {
         let mut root = file("[s]\nname = \"a\"\ncount = 1\nwait = \"1s\"\nlist = [\"x\"]\n");
         let (path, node) = flag("s.count", "7");
         root.insert(&path, node);
-        root.insert(&["s".to_owned(), "on".to_owned()], Node::scalar("true", Source::Env("TRELLIS_S__ON".into())));
+        root.insert(
+            &["s".to_owned(), "on".to_owned()],
+            Node::scalar("true", Source::Env("TRELLIS_S__ON".into())),
+        );
         let section: Section = root.get("s").unwrap().deserialize().unwrap();
-        let expected =
-            Section { name: "a".into(), count: 7, on: true, wait: Duration::from_secs(1), list: vec!["x".into()] };
+        let expected = Section {
+            name: "a".into(),
+            count: 7,
+            on: true,
+            wait: Duration::from_secs(1),
+            list: vec!["x".into()],
+        };
         assert_eq!(section, expected);
         let sources: Vec<String> = root.get("s").unwrap().sources().iter().map(ToString::to_string).collect();
         // In the order of the keys: `count`, `list`, `name`, `on`, `wait`.
@@ -462,7 +481,10 @@ mod tests {
         let (path, node) = flag("s.cont", "1");
         root.insert(&path, node);
         let err = root.get("s").unwrap().deserialize::<Section>().unwrap_err().under("s");
-        assert_eq!(err.to_string(), "`s.cont` (from the command line): unknown field `cont`; did you mean `count`?");
+        assert_eq!(
+            err.to_string(),
+            "`s.cont` (from the command line): unknown field `cont`; did you mean `count`?"
+        );
 
         let root = file("[s]\nwait = \"soon\"\nlist = [\"a\", 3]\n");
         let err = root.get("s").unwrap().deserialize::<Section>().unwrap_err().under("s");
@@ -475,7 +497,10 @@ mod tests {
         let (path, node) = flag("s", "x");
         root.insert(&path, node);
         let err = root.get("s").unwrap().deserialize::<Section>().unwrap_err().under("s");
-        assert_eq!(err.to_string(), "`s` (from the command line): found string \"x\", expected struct Section");
+        assert_eq!(
+            err.to_string(),
+            "`s` (from the command line): found string \"x\", expected struct Section"
+        );
         // A flag below it turns the value into a table again.
         let (path, node) = flag("s.count", "3");
         root.insert(&path, node);

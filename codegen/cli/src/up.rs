@@ -272,7 +272,7 @@ async fn shutdown(running: &mut [Running]) -> bool {
 
 async fn health(addr: SocketAddr) -> Result<String, String> {
     let check = async {
-        let channel = trellis::codegen::tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
             .connect()
             .await

@@ -151,10 +151,14 @@ fn clean_builds(workspace: &Path, scratch: &Path) -> serde_json::Value {
         "crate", "clean build s", "x", "build.rs codegen", "rebuild on proto s"
     );
     let clean = |runs: &[BuildTimes]| median(runs.iter().map(|t| t.clean.as_secs_f64()).collect());
-    let base = rows.iter().find(|(k, _)| *k == Kind::Tonic).map(|(_, runs)| (clean(runs), runs));
+    let Some((base_clean, base_runs)) =
+        rows.iter().find(|(k, _)| *k == Kind::Tonic).map(|(_, runs)| (clean(runs), runs))
+    else {
+        return serde_json::Value::Object(json);
+    };
     for (kind, runs) in &rows {
-        let Some((base_clean, base_runs)) = base else { break };
-        let ratio = clean(runs) / base_clean;
+        let median_clean = clean(runs);
+        let ratio = median_clean / base_clean;
         let per_round: Vec<String> = runs
             .iter()
             .zip(base_runs)
@@ -167,7 +171,7 @@ fn clean_builds(workspace: &Path, scratch: &Path) -> serde_json::Value {
         println!(
             "  {:<34} {:>14.1} {:>9.3} {:>13.0} ms {:>18.1}  {}",
             kind.label(),
-            clean(runs),
+            median_clean,
             ratio,
             codegen,
             rebuild,

@@ -115,42 +115,43 @@ struct Flag {
     help: &'static str,
 }
 
-const LISTEN: Flag = Flag {
-    short: None,
-    long: "listen",
-    value: "ADDR",
-    help: "Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:0]",
-};
-const ADMIN_LISTEN: Flag = Flag {
-    short: None,
-    long: "admin-listen",
-    value: "ADDR",
-    help: "Serve /metrics, /healthz, /readyz and the status page on HOST:PORT, apart from the gRPC port [default: off]",
-};
-const REST_LISTEN: Flag = Flag {
-    short: None,
-    long: "rest-listen",
-    value: "ADDR",
-    help: "Serve the REST routes on HOST:PORT instead of the gRPC port [default: the gRPC port]",
-};
-const CONFIG: Flag = Flag {
-    short: None,
-    long: "config",
-    value: "FILE",
-    help: "TOML file of settings; environment variables TRELLIS_* and flags override it",
-};
-const REGISTRY: Flag = Flag {
-    short: None,
-    long: "registry",
-    value: "URL",
-    help: "Where services register and find each other: local://[DIR] (default), etcd://HOST:PORT, dns://NAME:PORT or static://SERVICE=HOST:PORT",
-};
-const LOG_FORMAT: Flag = Flag {
-    short: None,
-    long: "log-format",
-    value: "FORMAT",
-    help: "Log as human-readable text or as JSON lines [default: text] [possible values: text, json]",
-};
+impl Flag {
+    /// A flag with a long name only.
+    const fn long(long: &'static str, value: &'static str, help: &'static str) -> Flag {
+        Flag { short: None, long, value, help }
+    }
+}
+
+const LISTEN: Flag = Flag::long(
+    "listen",
+    "ADDR",
+    "Address to listen on, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:0]",
+);
+const ADMIN_LISTEN: Flag = Flag::long(
+    "admin-listen",
+    "ADDR",
+    "Serve /metrics, /healthz, /readyz and the status page on HOST:PORT, apart from the gRPC port [default: off]",
+);
+const REST_LISTEN: Flag = Flag::long(
+    "rest-listen",
+    "ADDR",
+    "Serve the REST routes on HOST:PORT instead of the gRPC port [default: the gRPC port]",
+);
+const CONFIG: Flag = Flag::long(
+    "config",
+    "FILE",
+    "TOML file of settings; environment variables TRELLIS_* and flags override it",
+);
+const REGISTRY: Flag = Flag::long(
+    "registry",
+    "URL",
+    "Where services register and find each other: local://[DIR] (default), etcd://HOST:PORT, dns://NAME:PORT or static://SERVICE=HOST:PORT",
+);
+const LOG_FORMAT: Flag = Flag::long(
+    "log-format",
+    "FORMAT",
+    "Log as human-readable text or as JSON lines [default: text] [possible values: text, json]",
+);
 const SET: Flag = Flag {
     short: Some('s'),
     long: "set",
@@ -162,24 +163,14 @@ const FLAGS: [&Flag; 7] = [&LISTEN, &ADMIN_LISTEN, &REST_LISTEN, &CONFIG, &REGIS
 
 /// What `health` does, for both helps.
 const HEALTH_ABOUT: &str = "Ask a running server whether it is SERVING (exit status 0 if it is)";
-const ADDR: Flag = Flag {
-    short: None,
-    long: "addr",
-    value: "HOST:PORT",
-    help: "The server to ask [default: the configured listen address, on loopback]",
-};
-const SERVICE: Flag = Flag {
-    short: None,
-    long: "service",
-    value: "NAME",
-    help: "A full service name; empty asks about the whole server [default: empty]",
-};
-const TIMEOUT: Flag = Flag {
-    short: None,
-    long: "timeout",
-    value: "SECONDS",
-    help: "How long to wait for the answer [default: 3]",
-};
+const ADDR: Flag = Flag::long(
+    "addr",
+    "HOST:PORT",
+    "The server to ask [default: the configured listen address, on loopback]",
+);
+const SERVICE: Flag =
+    Flag::long("service", "NAME", "A full service name; empty asks about the whole server [default: empty]");
+const TIMEOUT: Flag = Flag::long("timeout", "SECONDS", "How long to wait for the answer [default: 3]");
 /// The `health` subcommand's flags, in the order its `--help` lists them.
 const HEALTH_FLAGS: [&Flag; 3] = [&ADDR, &SERVICE, &TIMEOUT];
 

@@ -103,30 +103,19 @@ impl Node {
     }
 
     /// Puts `node` at `path` under this table, making the tables on the way
-    /// (a value on the way is replaced by a table).
+    /// (a value on the way is replaced by a table): `node` wrapped in one
+    /// table per key of `path`, laid over this one.
     pub(crate) fn insert(&mut self, path: &[String], node: Node) {
-        let Some((last, parents)) = path.split_last() else {
-            return self.merge(node);
-        };
-        let mut table = self;
-        for key in parents {
-            let entries = table.table_mut(&node.source);
-            table = entries.entry(key.clone()).or_insert_with(|| Node {
-                value: Value::Table(BTreeMap::new()),
-                source: node.source.clone(),
-                text: None,
-            });
-        }
-        match table.table_mut(&node.source).entry(last.clone()) {
-            btree_map::Entry::Occupied(mut entry) => entry.get_mut().merge(node),
-            btree_map::Entry::Vacant(entry) => {
-                entry.insert(node);
-            }
-        }
+        let nested = path.iter().rev().fold(node, |inner, key| Node {
+            source: inner.source.clone(),
+            value: Value::Table(BTreeMap::from([(key.clone(), inner)])),
+            text: None,
+        });
+        self.merge(nested);
     }
 
-    /// Lays `other` over this node: tables key by key, anything else
-    /// replaced.
+    /// Lays `other` over this node: tables key by key (a table keeps the
+    /// source of the layer that made it), anything else replaced.
     pub(crate) fn merge(&mut self, other: Node) {
         match (&mut self.value, other.value) {
             (Value::Table(mine), Value::Table(theirs)) => {
@@ -138,22 +127,8 @@ impl Node {
                         }
                     }
                 }
-                if self.source.is_none() {
-                    self.source = other.source;
-                }
             }
             (_, value) => *self = Node { value, source: other.source, text: other.text },
-        }
-    }
-
-    /// This node's entries, after turning it into a table if it is not one.
-    fn table_mut(&mut self, source: &Option<Source>) -> &mut BTreeMap<String, Node> {
-        if !matches!(self.value, Value::Table(_)) {
-            *self = Node { value: Value::Table(BTreeMap::new()), source: source.clone(), text: None };
-        }
-        match &mut self.value {
-            Value::Table(entries) => entries,
-            _ => unreachable!("made a table above"),
         }
     }
 
@@ -229,6 +204,12 @@ enum Kind {
     Message(String),
 }
 
+impl From<Kind> for Error {
+    fn from(kind: Kind) -> Self {
+        Error { path: Vec::new(), source: None, kind }
+    }
+}
+
 impl Error {
     /// The error with `key` in front of its path.
     pub(crate) fn under(mut self, key: &str) -> Self {
@@ -247,20 +228,19 @@ impl Error {
 
 impl de::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error { path: Vec::new(), source: None, kind: Kind::Message(msg.to_string()) }
+        Kind::Message(msg.to_string()).into()
     }
 
     fn invalid_type(unexpected: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
-        let kind = Kind::InvalidType(unexpected.to_string(), expected.to_string());
-        Error { path: Vec::new(), source: None, kind }
+        Kind::InvalidType(unexpected.to_string(), expected.to_string()).into()
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
-        Error { path: Vec::new(), source: None, kind: Kind::UnknownVariant(variant.to_owned(), expected) }
+        Kind::UnknownVariant(variant.to_owned(), expected).into()
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        Error { path: Vec::new(), source: None, kind: Kind::UnknownField(field.to_owned(), expected) }
+        Kind::UnknownField(field.to_owned(), expected).into()
     }
 }
 
@@ -385,7 +365,10 @@ impl<'de> de::MapAccess<'de> for Map<'_> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        let (key, node) = self.value.take().ok_or_else(|| de::Error::custom("a value without its key"))?;
+        let (key, node) = self
+            .value
+            .take()
+            .ok_or_else(|| Error::from(Kind::Message("a value without its key".to_owned())))?;
         seed.deserialize(Deserializer(node)).map_err(|err| err.under(key))
     }
 }

@@ -369,7 +369,7 @@ impl<'de> de::MapAccess<'de> for Map<'_> {
             .value
             .take()
             .ok_or_else(|| Error::from(Kind::Message("a value without its key".to_owned())))?;
-        seed.deserialize(Deserializer(node)).map_err(|err| err.under(key))
+        seed.deserialize(Deserializer(node)).map_err(|err| err.set_nowhere(node).under(key))
     }
 }
 
@@ -383,9 +383,10 @@ impl<'de> de::SeqAccess<'de> for Seq<'_> {
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
         match self.items.next() {
-            Some((index, node)) => {
-                seed.deserialize(Deserializer(node)).map(Some).map_err(|err| err.under(&index.to_string()))
-            }
+            Some((index, node)) => seed
+                .deserialize(Deserializer(node))
+                .map(Some)
+                .map_err(|err| err.set_nowhere(node).under(&index.to_string())),
             None => Ok(None),
         }
     }
@@ -472,6 +473,21 @@ mod tests {
         let root = file("[s]\nwait = \"soon\"\nlist = [\"a\", 3]\n");
         let err = root.get("s").unwrap().deserialize::<Section>().unwrap_err().under("s");
         assert!(err.to_string().starts_with("`s.list.1` (from file `a.toml`): found integer `3`"), "{err}");
+    }
+
+    #[test]
+    fn an_error_raised_after_a_value_was_read_names_that_value_s_source() {
+        // `wait`'s codec reads a string, then refuses it: the error comes
+        // after the value was read, and must still name the flag, not the
+        // file that made the table.
+        let mut root = file("[s]\nname = \"a\"\nwait = \"1s\"\n");
+        let (path, node) = flag("s.wait", "soon");
+        root.insert(&path, node);
+        let err = root.get("s").unwrap().deserialize::<Section>().unwrap_err().under("s");
+        assert!(
+            err.to_string().starts_with("`s.wait` (from the command line): `soon` is not a duration"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -331,9 +331,18 @@ fn cargo_toml(workspace: &Path, kind: Kind) -> String {
              tonic-prost-build = \"0.14.9\"\n"
             .to_owned(),
     };
+    // As `trellis new` writes it: the framework's crates come from a path,
+    // which Cargo would compile incrementally (a registry's never are).
+    let profile = match kind {
+        Kind::Trellis | Kind::TrellisRest => {
+            "\n[profile.dev.package.trellis]\nincremental = false\n\n\
+             [profile.dev.package.trellis-build]\nincremental = false\n"
+        }
+        Kind::Tonic => "",
+    };
     format!(
         "[package]\nname = \"svc-{}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
-         [dependencies]\n{deps}\n[workspace]\n",
+         [dependencies]\n{deps}\n[workspace]\n{profile}",
         kind.name()
     )
 }

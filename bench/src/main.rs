@@ -63,7 +63,8 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     plots: Option<std::path::PathBuf>,
     /// Run only the overhead contenders whose name contains this (such as
-    /// `"trellis -> bare"`), for profiling one of them.
+    /// `"trellis -> bare"`), for profiling one of them; several names
+    /// separated by `|` run those, interleaved.
     #[arg(long, value_name = "NAME")]
     only: Option<String>,
     /// The address an `instance` listens on.

@@ -39,7 +39,7 @@ pub(crate) async fn run(quick: bool, only: Option<&str>) -> serde_json::Value {
         ("raw tonic -> trellis", caller(BenchClient::new(raw(trellis_addr).await))),
     ];
     if let Some(only) = only {
-        contenders.retain(|(name, _)| name.contains(only));
+        contenders.retain(|(name, _)| only.split('|').any(|only| name.contains(only)));
     }
     let names: Vec<&str> = contenders.iter().map(|(n, _)| *n).collect();
     let reps = if quick { 2 } else { 5 };

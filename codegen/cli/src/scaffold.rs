@@ -326,8 +326,18 @@ fn render_service(dir: &Path, manifest: &Manifest) -> Result<Vec<Planned>, Error
     set("trellis_root", root.display().to_string());
     set("trellis_path", root.join("framework").display().to_string());
     set("trellis_build_path", root.join("codegen").display().to_string());
+    // Profiles count only in a workspace's root, so they come with its table.
     let workspace = if record.standalone {
-        "\n# A workspace of its own; delete this to make the crate a member of an enclosing one.\n[workspace]\n"
+        "\n# A workspace of its own; delete this to make the crate a member of an enclosing one.\n\
+         [workspace]\n\
+         \n\
+         # Cargo compiles a dependency from a path incrementally, like your own code. The\n\
+         # Trellis crates do not change under you: built in one go, a clean build is faster.\n\
+         [profile.dev.package.trellis]\n\
+         incremental = false\n\
+         \n\
+         [profile.dev.package.trellis-build]\n\
+         incremental = false\n"
     } else {
         ""
     };

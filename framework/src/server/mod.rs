@@ -385,8 +385,13 @@ impl ServerBuilder {
     /// # Errors
     ///
     /// When the address cannot be bound or the server fails.
-    pub async fn serve(self) -> Result<(), Error> {
-        self.bind().await?.serve().await
+    pub fn serve(self) -> impl Future<Output = Result<(), Error>> + Send {
+        // Boxed here, so the whole server is compiled once, in this crate, and
+        // not again in every service's binary (an `async fn` is compiled
+        // where it is first polled).
+        let serving: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> =
+            Box::pin(async move { self.bind().await?.serve().await });
+        serving
     }
 }
 
@@ -428,7 +433,13 @@ impl BoundServer {
     /// # Errors
     ///
     /// When the server fails while serving.
-    pub async fn serve(self) -> Result<(), Error> {
+    pub fn serve(self) -> impl Future<Output = Result<(), Error>> + Send {
+        // Boxed for the reason given in `ServerBuilder::serve`.
+        let serving: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> = Box::pin(self.run());
+        serving
+    }
+
+    async fn run(self) -> Result<(), Error> {
         let BoundServer { builder, listener, rest, metrics, admin } = self;
         let admin_addr = admin.as_ref().map(AdminServer::local_addr);
         let board = metrics.board();

@@ -113,7 +113,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
-        let own = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
+        let own = req.headers().get(&GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
         let own = own.unwrap_or_else(|| *self.layer.timeouts.get(req.uri().path()));
         let at = outbound_deadline(Some(own)).unwrap_or(start + own);
         // Measured from now, not `start`: a passed inbound deadline is

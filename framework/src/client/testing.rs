@@ -25,8 +25,10 @@ pub(crate) fn grpc(code: tonic::Code) -> Response<Body> {
 /// What a Trellis server answers to a call it shed unprocessed.
 pub(crate) fn shed() -> Response<Body> {
     let mut response = grpc(tonic::Code::ResourceExhausted);
-    response.headers_mut().insert(crate::protocol::UNPROCESSED, http::HeaderValue::from_static("1"));
-    response.headers_mut().insert(crate::protocol::RETRY_PUSHBACK_MS, http::HeaderValue::from_static("20"));
+    response.headers_mut().insert(crate::protocol::UNPROCESSED.clone(), http::HeaderValue::from_static("1"));
+    response
+        .headers_mut()
+        .insert(crate::protocol::RETRY_PUSHBACK_MS.clone(), http::HeaderValue::from_static("20"));
     response
 }
 

@@ -83,14 +83,14 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let headers = req.headers_mut();
-        let own = headers.get(TRACEPARENT).and_then(|v| TraceContext::parse_traceparent(v.as_bytes()).ok());
+        let own = headers.get(&TRACEPARENT).and_then(|v| TraceContext::parse_traceparent(v.as_bytes()).ok());
         let trace = match own {
             Some(own) => own,
             None => {
                 let trace = outbound_trace();
-                headers.insert(TRACEPARENT, trace.traceparent_header());
+                headers.insert(TRACEPARENT.clone(), trace.traceparent_header());
                 if let Some(state) = trace.tracestate() {
-                    headers.insert(TRACESTATE, state.clone());
+                    headers.insert(TRACESTATE.clone(), state.clone());
                 }
                 trace
             }
@@ -185,28 +185,28 @@ mod tests {
         let ctx = RequestContext::new(None).with_trace(inbound.clone());
         let call = tokio::spawn(ctx.scope(service.clone().oneshot(request("/t.v1.T/M"))));
         let (req, reply) = handle.next_request().await.unwrap();
-        let sent = TraceContext::parse_traceparent(req.headers()[TRACEPARENT].as_bytes()).unwrap();
+        let sent = TraceContext::parse_traceparent(req.headers()[&TRACEPARENT].as_bytes()).unwrap();
         assert_eq!(sent.trace_id(), inbound.trace_id(), "same trace");
         assert_ne!(sent.span_id(), inbound.span_id(), "a span of its own");
-        assert_eq!(req.headers()[TRACESTATE], "vendor=opaque");
+        assert_eq!(req.headers()[&TRACESTATE], "vendor=opaque");
         reply.send_response(grpc(Code::Ok));
         call.await.unwrap().unwrap();
 
         let call = tokio::spawn(service.clone().oneshot(request("/t.v1.T/M")));
         let (req, reply) = handle.next_request().await.unwrap();
-        let fresh = TraceContext::parse_traceparent(req.headers()[TRACEPARENT].as_bytes()).unwrap();
+        let fresh = TraceContext::parse_traceparent(req.headers()[&TRACEPARENT].as_bytes()).unwrap();
         assert_ne!(fresh.trace_id(), inbound.trace_id(), "a new trace");
         assert!(fresh.sampled());
-        assert!(!req.headers().contains_key(TRACESTATE));
+        assert!(!req.headers().contains_key(&TRACESTATE));
         reply.send_response(grpc(Code::Ok));
         call.await.unwrap().unwrap();
 
         let mut own = request("/t.v1.T/M");
         let set = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        own.headers_mut().insert(TRACEPARENT, HeaderValue::from_static(set));
+        own.headers_mut().insert(TRACEPARENT.clone(), HeaderValue::from_static(set));
         let call = tokio::spawn(service.oneshot(own));
         let (req, reply) = handle.next_request().await.unwrap();
-        assert_eq!(req.headers()[TRACEPARENT], set, "the caller's own header is kept");
+        assert_eq!(req.headers()[&TRACEPARENT], set, "the caller's own header is kept");
         reply.send_response(grpc(Code::Ok));
         call.await.unwrap().unwrap();
     }

@@ -12,12 +12,12 @@
 
 use std::fmt;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 /// The metadata key of the W3C trace parent.
-pub const TRACEPARENT: &str = "traceparent";
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The metadata key of the W3C vendor trace state.
-pub const TRACESTATE: &str = "tracestate";
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The `sampled` trace flag.
 pub const SAMPLED: u8 = 0x01;

@@ -137,7 +137,7 @@ pub(crate) async fn fuzz_request(
             );
         }
         let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        trailers.insert(crate::protocol::GRPC_STATUS.clone(), http::HeaderValue::from_static("0"));
         let frames = [
             Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
             Ok(http_body::Frame::trailers(trailers)),
@@ -675,7 +675,7 @@ mod service {
         }
         out.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         out.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        let timeout = match (headers.get(GRPC_TIMEOUT), headers.get(TIMEOUT_HEADER)) {
+        let timeout = match (headers.get(&GRPC_TIMEOUT), headers.get(TIMEOUT_HEADER)) {
             (Some(value), _) => Some(decode_grpc_timeout(value.as_bytes()).ok_or_else(|| {
                 format!(
                     "`{GRPC_TIMEOUT}: {}` is not a gRPC timeout; write one like 2S or 250m",
@@ -694,7 +694,7 @@ mod service {
             }),
         };
         if let Some(value) = timeout.and_then(|t| HeaderValue::from_str(&encode_grpc_timeout(t)).ok()) {
-            out.insert(GRPC_TIMEOUT, value);
+            out.insert(GRPC_TIMEOUT.clone(), value);
         }
         Ok((request, timeout))
     }

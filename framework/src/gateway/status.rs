@@ -50,7 +50,7 @@ pub(crate) fn error_response(code: Code, message: &str, status: Option<StatusCod
 
 fn with_grpc_status(mut response: Response<Body>, code: Code) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&(code as i32).to_string()) {
-        response.headers_mut().insert("grpc-status", value);
+        response.headers_mut().insert(crate::protocol::GRPC_STATUS.clone(), value);
     }
     response
 }

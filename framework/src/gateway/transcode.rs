@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use tonic::Code;
 
 use super::route::Matched;
+use crate::protocol::{GRPC_MESSAGE, GRPC_STATUS};
 
 /// Why a request could not be transcoded: an `INVALID_ARGUMENT` with this
 /// message.
@@ -269,9 +270,9 @@ pub(crate) struct Failed {
 /// response), if there is one, with the details of `grpc-status-details-bin`
 /// in JSON through the messages `pool` knows.
 pub(crate) fn status_of(headers: &HeaderMap, pool: &DescriptorPool) -> Option<Failed> {
-    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let code = headers.get(&GRPC_STATUS)?.to_str().ok()?.parse::<i32>().ok()?;
     let message = headers
-        .get("grpc-message")
+        .get(&GRPC_MESSAGE)
         .and_then(|v| v.to_str().ok())
         .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy().into_owned())
         .unwrap_or_default();

@@ -29,7 +29,7 @@ pub(crate) trait CallEnd {
 
 /// The status a response's headers or trailers carry, if any.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    headers.get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()))
+    headers.get(&super::GRPC_STATUS).map(|v| Code::from_bytes(v.as_bytes()))
 }
 
 /// A call not yet ended: ended as `CANCELLED` if dropped so.

@@ -1,8 +1,13 @@
 //! What goes over the wire that both the client and the server read or
 //! write: the `grpc-timeout` codec, the pushback and unprocessed headers,
 //! and the paths of the services every Trellis server carries.
+//!
+//! Header names are `HeaderName`s, not strings: a lookup by string parses
+//! and checks the name again on every call.
 
 use std::time::Duration;
+
+use http::HeaderName;
 
 /// The deadline of a call that sets none of its own (nor its method's
 /// policy or configuration): the client stack's and the REST gateway's.
@@ -11,11 +16,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header a Trellis server sets on a response to a call it refused
 /// before running any handler (load shedding, draining), so a client may
 /// retry any method, even one with side effects.
-pub const UNPROCESSED: &str = "trellis-unprocessed";
+pub static UNPROCESSED: HeaderName = HeaderName::from_static("trellis-unprocessed");
 
 /// The server's hint of how long to wait before retrying, in milliseconds;
 /// a negative value means "do not retry" (gRFC A6).
-pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+pub static RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// The path prefix of the services every server carries (health,
 /// reflection), which load shedding and fault injection leave alone.
@@ -44,7 +49,13 @@ pub fn is_builtin(path: &str) -> bool {
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// The header that carries a call's deadline, relative to when it was sent.
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The trailer (or trailers-only header) with a call's status code.
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The trailer with a call's status message.
+pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 pub(crate) mod end;
 

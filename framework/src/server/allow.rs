@@ -76,7 +76,7 @@ where
             allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
         ));
         let mut response = status.into_http();
-        response.headers_mut().insert(UNPROCESSED, http::HeaderValue::from_static("1"));
+        response.headers_mut().insert(UNPROCESSED.clone(), http::HeaderValue::from_static("1"));
         Either::Right(ready(Ok(response)))
     }
 }

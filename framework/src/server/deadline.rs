@@ -55,7 +55,8 @@ where
         let (deadline, inherited) = match RequestContext::current() {
             Some(ctx) => (ctx.deadline(), true),
             None => {
-                let timeout = req.headers().get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
+                let timeout =
+                    req.headers().get(&GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
                 (timeout.map(|t| Instant::now() + t), false)
             }
         };
@@ -116,7 +117,7 @@ mod tests {
     fn request(timeout: Option<&'static str>) -> Request<()> {
         let mut req = Request::builder().uri("/pkg.S/M");
         if let Some(t) = timeout {
-            req = req.header(GRPC_TIMEOUT, t);
+            req = req.header(&GRPC_TIMEOUT, t);
         }
         req.body(()).unwrap()
     }

@@ -19,6 +19,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::protocol::{GRPC_MESSAGE, GRPC_STATUS};
+
 /// Closes the streams of `paths` when `token` is cancelled.
 #[derive(Debug, Clone)]
 pub(crate) struct DrainLayer {
@@ -119,9 +121,9 @@ impl<B: Body> Body for DrainBody<B> {
         }
         *this.done = true;
         let mut trailers = HeaderMap::with_capacity(2);
-        trailers.insert("grpc-status", HeaderValue::from_static("14"));
+        trailers.insert(GRPC_STATUS.clone(), HeaderValue::from_static("14"));
         trailers.insert(
-            "grpc-message",
+            GRPC_MESSAGE.clone(),
             HeaderValue::from_static("server is shutting down; reconnect to another instance"),
         );
         Poll::Ready(Some(Ok(Frame::trailers(trailers))))

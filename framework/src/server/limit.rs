@@ -80,12 +80,12 @@ where
                     self.layer.max
                 ));
                 status.metadata_mut().insert(
-                    RETRY_PUSHBACK_MS,
+                    RETRY_PUSHBACK_MS.as_str(),
                     MetadataValue::from(u64::try_from(SHED_PUSHBACK.as_millis()).unwrap_or(u64::MAX)),
                 );
                 let mut response: Response<tonic::body::Body> = status.into_http();
                 // No handler ran: a Trellis client may retry any method elsewhere.
-                response.headers_mut().insert(UNPROCESSED, http::HeaderValue::from_static("1"));
+                response.headers_mut().insert(UNPROCESSED.clone(), http::HeaderValue::from_static("1"));
                 response.extensions_mut().insert(super::metrics::Refused::Shed);
                 LoadShedFuture::Shed { response: Some(response) }
             }

@@ -94,8 +94,8 @@ where
         let path = req.uri().path_and_query().cloned();
         let headers = req.headers();
         // Decoded here only: the deadline layer reads the context.
-        let timeout = headers.get(GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
-        let trace = TraceContext::from_headers(headers.get(TRACEPARENT), headers.get_all(TRACESTATE));
+        let timeout = headers.get(&GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
+        let trace = TraceContext::from_headers(headers.get(&TRACEPARENT), headers.get_all(&TRACESTATE));
         let peer = req.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
         let span = tracing::debug_span!(
             "grpc",
@@ -256,7 +256,11 @@ mod tests {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let response = service
             .clone()
-            .oneshot(request(&[(TRACEPARENT, parent), (TRACESTATE, "a=1"), (GRPC_TIMEOUT, "2S")]))
+            .oneshot(request(&[
+                (TRACEPARENT.as_str(), parent),
+                (TRACESTATE.as_str(), "a=1"),
+                (GRPC_TIMEOUT.as_str(), "2S"),
+            ]))
             .await
             .unwrap();
         let seen = TraceContext::parse_traceparent(response.headers()["x-traceparent"].as_bytes()).unwrap();
@@ -267,8 +271,10 @@ mod tests {
         let left: u64 = response.headers()["x-remaining-ms"].to_str().unwrap().parse().unwrap();
         assert!((1_900..=2_000).contains(&left), "{left} ms left");
 
-        let response =
-            service.oneshot(request(&[(TRACEPARENT, "00-xyz"), (TRACESTATE, "a=1")])).await.unwrap();
+        let response = service
+            .oneshot(request(&[(TRACEPARENT.as_str(), "00-xyz"), (TRACESTATE.as_str(), "a=1")]))
+            .await
+            .unwrap();
         let fresh = TraceContext::parse_traceparent(response.headers()["x-traceparent"].as_bytes()).unwrap();
         assert_ne!(fresh.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736", "a new trace");
         assert_eq!(response.headers()["x-parent"], "0");

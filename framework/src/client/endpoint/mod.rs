@@ -118,7 +118,7 @@ where
                 // Different on every call: kept out of the HPACK tables, where
                 // it would only evict the headers that repeat.
                 value.set_sensitive(true);
-                req.headers_mut().insert(GRPC_TIMEOUT, value);
+                req.headers_mut().insert(GRPC_TIMEOUT.clone(), value);
             }
         }
         let probe = req.extensions().get::<Probe>().is_some();
@@ -245,12 +245,12 @@ where
 /// when it is an answer (success or an application error).
 fn failure_in_headers(headers: &HeaderMap, state: &EndpointState) -> Option<CallError> {
     let status = Status::from_header_map(headers)?;
-    let unprocessed = headers.contains_key(UNPROCESSED);
+    let unprocessed = headers.contains_key(&UNPROCESSED);
     let code = status.code();
     if code != Code::Unavailable && !(code == Code::ResourceExhausted && unprocessed) {
         return None;
     }
-    let pushback = headers.get(RETRY_PUSHBACK_MS).map(|v| {
+    let pushback = headers.get(&RETRY_PUSHBACK_MS).map(|v| {
         v.to_str()
             .ok()
             .and_then(|v| v.parse::<i64>().ok())
@@ -328,7 +328,7 @@ mod tests {
             .insert(Deadline { at: Instant::now() + Duration::from_secs(2), budget: Duration::from_secs(2) });
         let call = tokio::spawn(service.clone().oneshot(req));
         let (sent, reply) = handle.next_request().await.unwrap();
-        assert_eq!(sent.headers()[GRPC_TIMEOUT], "2000000u", "what is left of the deadline");
+        assert_eq!(sent.headers()[&GRPC_TIMEOUT], "2000000u", "what is left of the deadline");
         reply.send_response(grpc(Code::NotFound));
         assert!(call.await.unwrap().is_ok(), "NOT_FOUND is an answer");
 

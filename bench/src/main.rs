@@ -223,16 +223,28 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Medians over repetitions of one contender.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Summary {
     throughput: f64,
     p50_ms: f64,
     p99_ms: f64,
     failures: usize,
+    /// The throughput of each repetition, in order.
+    per_rep: Vec<f64>,
+}
+
+impl Summary {
+    /// This contender's throughput over `base`'s within each repetition
+    /// (the two ran minutes apart at most): the lowest and the highest.
+    fn rep_ratios(&self, base: &Summary) -> (f64, f64) {
+        let ratios = self.per_rep.iter().zip(&base.per_rep).map(|(own, base)| own / base);
+        ratios.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| (lo.min(r), hi.max(r)))
+    }
 }
 
 fn summarize(runs: &[Run]) -> Summary {
     Summary {
+        per_rep: runs.iter().map(|r| r.throughput).collect(),
         throughput: median(runs.iter().map(|r| r.throughput).collect()),
         p50_ms: median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect()),
         p99_ms: median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect()),
@@ -257,29 +269,34 @@ async fn compare(contenders: &[(&str, Call)], calls: usize, concurrency: usize, 
     runs.iter().map(|r| summarize(r)).collect()
 }
 
+/// The table of one comparison. `tput x` is the ratio of the medians; the
+/// column after it, the lowest and highest ratio within one repetition,
+/// shows how far the machine moved the figure during the run.
 fn print_table(title: &str, names: &[&str], summaries: &[Summary], baseline: usize) {
     println!("\n{title}");
     println!(
-        "  {:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9}",
-        "contender", "calls/s", "p50 ms", "p99 ms", "failed", "tput x", "p99 x"
+        "  {:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>13} {:>9}",
+        "contender", "calls/s", "p50 ms", "p99 ms", "failed", "tput x", "per rep", "p99 x"
     );
+    let base = &summaries[baseline];
     for (name, s) in names.iter().zip(summaries) {
-        let base = summaries[baseline];
+        let (lo, hi) = s.rep_ratios(base);
         println!(
-            "  {:<28} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>10.3} {:>9.3}",
+            "  {:<28} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>10.3} {:>13} {:>9.3}",
             name,
             s.throughput,
             s.p50_ms,
             s.p99_ms,
             s.failures,
             s.throughput / base.throughput,
+            format!("{lo:.2}-{hi:.2}"),
             s.p99_ms / base.p99_ms
         );
     }
 }
 
 fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json::Value {
-    let base = summaries[baseline];
+    let base = &summaries[baseline];
     names
         .iter()
         .zip(summaries)
@@ -291,6 +308,7 @@ fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json
                 "p99_ms": s.p99_ms,
                 "failures": s.failures,
                 "throughput_ratio": s.throughput / base.throughput,
+                "throughput_ratio_per_rep": s.per_rep.iter().zip(&base.per_rep).map(|(o, b)| o / b).collect::<Vec<_>>(),
                 "p99_ratio": s.p99_ms / base.p99_ms,
             })
         })

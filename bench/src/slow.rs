@@ -82,7 +82,7 @@ pub(crate) async fn run(quick: bool) -> serde_json::Value {
             "balancer", "healthy c/s", "slow c/s", "healthy p99", "slow p99", "tput x", "p99 x"
         );
         for (pair, chunk) in summaries.chunks(2).enumerate() {
-            let (good, bad) = (chunk[0], chunk[1]);
+            let (good, bad) = (&chunk[0], &chunk[1]);
             let name = contenders[pair * 2].0;
             println!(
                 "  {:<24} {:>12.0} {:>12.0} {:>9.2}ms {:>9.2}ms {:>9.3} {:>9.3}",

@@ -24,6 +24,12 @@ async fn a_new_service_builds_tests_runs_and_stops_cleanly() {
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("version = \"=0.1.0\""), "the Trellis version is pinned:\n{manifest}");
     assert!(manifest.contains(&format!("path = \"{}/framework\"", support::workspace().display())));
+    // A crate of its own is its workspace's root, where profiles count: the
+    // framework's crates, from a path, are built in one go, not incrementally.
+    for package in ["trellis", "trellis-build"] {
+        let profile = format!("[profile.dev.package.{package}]\nincremental = false\n");
+        assert!(manifest.contains(&profile), "no `{profile}` in:\n{manifest}");
+    }
 
     // Every target (lib, bin, test, build script), with warnings as errors.
     // Checked from cargo's messages rather than with RUSTFLAGS, which would

@@ -341,8 +341,17 @@ async fn a_registration_whose_lease_is_lost_registers_again() {
             assert!(start.elapsed() < Duration::from_secs(5), "no new lease within 5s: {leases:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        // The new lease is granted first, then the key is put under it: a
+        // resolve between the two finds nothing yet.
+        let fresh = loop {
+            let fresh = registry.resolve(ECHO_SERVICE_NAME).await.expect("resolve again");
+            if !fresh.endpoints().is_empty() {
+                break fresh;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "the key was not put again within 5s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let back = start.elapsed();
-        let fresh = registry.resolve(ECHO_SERVICE_NAME).await.expect("resolve again");
         assert_eq!(fresh.endpoints().into_iter().collect::<Vec<_>>(), [Endpoint::from(addr)]);
         wait_for(&mut resolution, Duration::from_secs(5), |i| i.len() == 1).await;
         eprintln!("lease {} revoked: registered again under lease {} after {back:?}", lost[0], renewed[0]);

@@ -95,6 +95,11 @@ const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A whole server's run, boxed where it is made: `serve` is then compiled
+/// once, in this crate, and not again in every service's binary (an `async
+/// fn` is compiled where it is first polled).
+type Serving = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
 /// One listener's server, until it has drained.
 type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
@@ -386,11 +391,7 @@ impl ServerBuilder {
     ///
     /// When the address cannot be bound or the server fails.
     pub fn serve(self) -> impl Future<Output = Result<(), Error>> + Send {
-        // Boxed here, so the whole server is compiled once, in this crate, and
-        // not again in every service's binary (an `async fn` is compiled
-        // where it is first polled).
-        let serving: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> =
-            Box::pin(async move { self.bind().await?.serve().await });
+        let serving: Serving = Box::pin(async move { self.bind().await?.serve().await });
         serving
     }
 }
@@ -434,8 +435,7 @@ impl BoundServer {
     ///
     /// When the server fails while serving.
     pub fn serve(self) -> impl Future<Output = Result<(), Error>> + Send {
-        // Boxed for the reason given in `ServerBuilder::serve`.
-        let serving: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> = Box::pin(self.run());
+        let serving: Serving = Box::pin(self.run());
         serving
     }
 

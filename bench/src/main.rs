@@ -1,9 +1,11 @@
 //! `trellis-bench`: Trellis against raw tonic and stock tower, side by side.
 //!
-//! Every scenario runs its contenders in one process, interleaved, several
-//! repetitions each, and reports medians and ratios: on a shared, noisy
-//! machine absolute numbers drift, ratios hold. Servers and clients run on
-//! loopback in this process; etcd and h2load, where a scenario uses them,
+//! Every scenario runs its contenders interleaved, several repetitions
+//! each, and reports medians and ratios: on a shared, noisy machine
+//! absolute numbers drift, ratios hold. Servers and clients run on
+//! loopback in this process, except in the `overhead` scenario, whose
+//! repetitions each run in a child process of their own (see
+//! `overhead.rs` for why); etcd and h2load, where a scenario uses them,
 //! run as child processes that end with it, and so do the servers the
 //! `h2load` scenario compares in processes of their own (this package's
 //! `bench-echo`, and the grpc-go and gRPC C++ peers it builds from
@@ -70,6 +72,9 @@ struct Args {
     /// The address an `instance` listens on.
     #[arg(long, value_name = "ADDR", hide = true)]
     listen: Option<SocketAddr>,
+    /// Which repetition an `overhead-rep` is (turns the contenders' order).
+    #[arg(long, value_name = "N", hide = true, default_value_t = 0)]
+    rep: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,6 +92,10 @@ enum Scenario {
     /// starts as a child process and kills.
     #[value(hide = true)]
     Instance,
+    /// One repetition of the `overhead` scenario, which runs each in a
+    /// child process of its own; prints its runs as JSON.
+    #[value(hide = true)]
+    OverheadRep,
     /// Registration to first call and deregistration to last, for `local://`
     /// and `etcd://`; throughput under endpoint churn against a static set.
     Discovery,
@@ -180,6 +189,29 @@ struct Run {
     p50: Duration,
     p99: Duration,
     failures: usize,
+}
+
+impl Run {
+    /// As an `overhead-rep` child reports it.
+    fn to_json(self) -> serde_json::Value {
+        json!({
+            "throughput": self.throughput,
+            "p50_s": self.p50.as_secs_f64(),
+            "p99_s": self.p99.as_secs_f64(),
+            "failures": self.failures,
+        })
+    }
+
+    /// As [`Run::to_json`] wrote it.
+    fn from_json(json: &serde_json::Value) -> Run {
+        let secs = |key: &str| Duration::from_secs_f64(json[key].as_f64().unwrap_or_default());
+        Run {
+            throughput: json["throughput"].as_f64().unwrap_or_default(),
+            p50: secs("p50_s"),
+            p99: secs("p99_s"),
+            failures: json["failures"].as_u64().unwrap_or_default() as usize,
+        }
+    }
 }
 
 /// `calls` calls, `concurrency` at a time.
@@ -346,6 +378,10 @@ async fn main() {
             eprintln!("trellis-bench: error: instance on {listen}: {err}");
             std::process::exit(1);
         }
+        return;
+    }
+    if args.scenario == Scenario::OverheadRep {
+        println!("{}", overhead::rep(args.quick, args.only.as_deref(), args.rep).await);
         return;
     }
     let plots = args.plots.unwrap_or_else(|| std::path::PathBuf::from("target/bench"));

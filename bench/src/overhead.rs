@@ -50,7 +50,12 @@ pub(crate) async fn run(quick: bool, only: Option<&str>) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         );
         let rep_json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a repetition's JSON");
-        names = rep_json["names"].as_array().expect("names").iter().map(|n| n.as_str().unwrap_or("").to_owned()).collect();
+        names = rep_json["names"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .map(|n| n.as_str().unwrap_or("").to_owned())
+            .collect();
         let workloads = rep_json["workloads"].as_array().expect("workloads");
         runs.resize_with(workloads.len(), || vec![Vec::new(); names.len()]);
         for (w, workload) in workloads.iter().enumerate() {

@@ -7,7 +7,6 @@
 //! closes each such stream with `UNAVAILABLE`, which tells the client to
 //! reconnect, to another instance.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,17 +18,18 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::paths::Paths;
 use crate::protocol::{GRPC_MESSAGE, GRPC_STATUS};
 
 /// Closes the streams of `paths` when `token` is cancelled.
 #[derive(Debug, Clone)]
 pub(crate) struct DrainLayer {
-    streaming_paths: Arc<HashSet<String>>,
+    streaming_paths: Arc<Paths<()>>,
     token: CancellationToken,
 }
 
 impl DrainLayer {
-    pub(crate) fn new(streaming_paths: HashSet<String>, token: CancellationToken) -> Self {
+    pub(crate) fn new(streaming_paths: Paths<()>, token: CancellationToken) -> Self {
         DrainLayer { streaming_paths: Arc::new(streaming_paths), token }
     }
 }
@@ -135,5 +135,60 @@ impl<B: Body> Body for DrainBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A handler whose response sends one message, then stays open.
+    fn open_stream() -> impl Service<
+        Request<()>,
+        Response = Response<impl Body<Data = Bytes, Error = Infallible>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone {
+        tower::service_fn(|_req: Request<()>| async {
+            let first =
+                futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"m")))]);
+            let body =
+                StreamBody::new(futures_util::StreamExt::chain(first, futures_util::stream::pending()));
+            Ok(Response::new(body))
+        })
+    }
+
+    fn request(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_closes_open_streams_after_what_they_sent_and_leaves_unary_calls() {
+        let token = CancellationToken::new();
+        let layer = DrainLayer::new(["/pkg.S/Watch"].into_iter().collect(), token.clone());
+        let service = layer.layer(open_stream());
+        let mut stream = service.clone().oneshot(request("/pkg.S/Watch")).await.unwrap().into_body();
+        let mut unary = service.oneshot(request("/pkg.S/Get")).await.unwrap().into_body();
+
+        let first = stream.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "m", "what was produced goes first");
+        token.cancel();
+        let last = stream.frame().await.unwrap().unwrap();
+        let trailers = last.into_trailers().unwrap();
+        assert_eq!(trailers[&GRPC_STATUS], "14", "UNAVAILABLE: reconnect elsewhere");
+        assert!(trailers[&GRPC_MESSAGE].to_str().unwrap().contains("shutting down"));
+        assert!(stream.frame().await.is_none() && stream.is_end_stream());
+
+        // A path that is not a server stream is never cut.
+        assert_eq!(unary.frame().await.unwrap().unwrap().into_data().unwrap(), "m");
+        let next = tokio::time::timeout(Duration::from_secs(60), unary.frame()).await;
+        assert!(next.is_err(), "the unary body must stay as its handler left it");
     }
 }

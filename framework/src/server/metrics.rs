@@ -8,12 +8,11 @@
 //! a call without running it (load shedding, an expired deadline) mark the
 //! response with a [`Refused`] extension, which this layer counts.
 //!
-//! Per call: one hash lookup of the path (label sets are resolved when the
+//! Per call: one lookup of the path in a sorted table (label sets are resolved when the
 //! server starts, and per status code on the first call that ends with
 //! it), an `Arc` clone, and relaxed atomic adds. Health and reflection
 //! calls are not counted.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
@@ -27,6 +26,7 @@ use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::paths::Paths;
 use crate::descriptor::ServiceDescriptor;
 use crate::metrics::{CallLabels, Histogram, MethodLabels, Metrics, code_name};
 use crate::protocol;
@@ -89,7 +89,7 @@ impl MethodMetrics {
 /// The handles of every method, by path.
 #[derive(Debug)]
 struct Table {
-    by_path: HashMap<&'static str, Arc<MethodMetrics>>,
+    by_path: Paths<Arc<MethodMetrics>>,
     /// A path no service has: counted under `unknown`.
     unknown: Arc<MethodMetrics>,
 }

@@ -50,12 +50,12 @@ mod faults;
 mod limit;
 mod limits;
 pub(crate) mod metrics;
+mod paths;
 mod trace;
 
 pub use config::{DEFAULT_MAX_CONCURRENT_CALLS, FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
 pub use limits::{DEFAULT_MAX_MESSAGE_SIZE, Http2Config, IdleTimeout, MessageLimits};
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -679,10 +679,10 @@ fn reflection<'a>(services: &[&'static ServiceDescriptor]) -> tonic_reflection::
     builder
 }
 
-fn streaming_paths(services: &[&'static ServiceDescriptor]) -> HashSet<String> {
+fn streaming_paths(services: &[&'static ServiceDescriptor]) -> paths::Paths<()> {
     let app_paths =
         services.iter().flat_map(|s| s.methods()).filter(|m| m.kind().server_streams()).map(|m| m.path());
-    BUILTIN_STREAMING_PATHS.into_iter().chain(app_paths).map(str::to_owned).collect()
+    BUILTIN_STREAMING_PATHS.into_iter().chain(app_paths).collect()
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).

@@ -332,11 +332,12 @@ fn cargo_toml(workspace: &Path, kind: Kind) -> String {
             .to_owned(),
     };
     // As `trellis new` writes it: the framework's crates come from a path,
-    // which Cargo would compile incrementally (a registry's never are).
+    // which Cargo would compile incrementally (a registry's never are), and
+    // their debug info is line tables only.
     let profile = match kind {
         Kind::Trellis | Kind::TrellisRest => {
-            "\n[profile.dev.package.trellis]\nincremental = false\n\n\
-             [profile.dev.package.trellis-build]\nincremental = false\n"
+            "\n[profile.dev.package.trellis]\nincremental = false\ndebug = \"line-tables-only\"\n\n\
+             [profile.dev.package.trellis-build]\nincremental = false\ndebug = \"line-tables-only\"\n"
         }
         Kind::Tonic => "",
     };

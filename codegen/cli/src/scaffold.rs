@@ -333,11 +333,15 @@ fn render_service(dir: &Path, manifest: &Manifest) -> Result<Vec<Planned>, Error
          \n\
          # Cargo compiles a dependency from a path incrementally, like your own code. The\n\
          # Trellis crates do not change under you: built in one go, a clean build is faster.\n\
+         # Their debug info is line tables: backtraces keep file and line, and the build\n\
+         # skips the rest (full debug info for your own code, as always).\n\
          [profile.dev.package.trellis]\n\
          incremental = false\n\
+         debug = \"line-tables-only\"\n\
          \n\
          [profile.dev.package.trellis-build]\n\
-         incremental = false\n"
+         incremental = false\n\
+         debug = \"line-tables-only\"\n"
     } else {
         ""
     };

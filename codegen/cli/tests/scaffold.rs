@@ -25,9 +25,11 @@ async fn a_new_service_builds_tests_runs_and_stops_cleanly() {
     assert!(manifest.contains("version = \"=0.1.0\""), "the Trellis version is pinned:\n{manifest}");
     assert!(manifest.contains(&format!("path = \"{}/framework\"", support::workspace().display())));
     // A crate of its own is its workspace's root, where profiles count: the
-    // framework's crates, from a path, are built in one go, not incrementally.
+    // framework's crates, from a path, are built in one go, not incrementally,
+    // with line tables for debug info.
     for package in ["trellis", "trellis-build"] {
-        let profile = format!("[profile.dev.package.{package}]\nincremental = false\n");
+        let profile =
+            format!("[profile.dev.package.{package}]\nincremental = false\ndebug = \"line-tables-only\"\n");
         assert!(manifest.contains(&profile), "no `{profile}` in:\n{manifest}");
     }
 

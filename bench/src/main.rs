@@ -272,6 +272,38 @@ impl Summary {
         let ratios = self.per_rep.iter().zip(&base.per_rep).map(|(own, base)| own / base);
         ratios.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| (lo.min(r), hi.max(r)))
     }
+
+    /// This contender's throughput over `base`'s, repetition by repetition:
+    /// the median of those ratios and a 95% interval for it.
+    fn paired(&self, base: &Summary) -> Paired {
+        let mut ratios: Vec<f64> =
+            self.per_rep.iter().zip(&base.per_rep).map(|(own, base)| own / base).collect();
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        // Distribution-free: the median lies between the k-th lowest and the
+        // k-th highest ratio with 95% confidence, k from the binomial
+        // distribution's normal approximation (7 of 25 repetitions); too
+        // few repetitions for that give the whole range.
+        let k = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0).floor().max(0.0) as usize;
+        let (low, high) = match n {
+            0 => (f64::NAN, f64::NAN),
+            _ => (ratios[k.saturating_sub(1)], ratios[n - k.max(1)]),
+        };
+        Paired { median: ratios.get(n / 2).copied().unwrap_or(f64::NAN), low, high }
+    }
+}
+
+fn paired_json(p: Paired) -> serde_json::Value {
+    json!({ "median": p.median, "low_95": p.low, "high_95": p.high })
+}
+
+/// A contender's throughput over the baseline's within each repetition.
+#[derive(Debug, Clone, Copy)]
+struct Paired {
+    median: f64,
+    /// The 95% interval of the median.
+    low: f64,
+    high: f64,
 }
 
 fn summarize(runs: &[Run]) -> Summary {
@@ -301,20 +333,22 @@ async fn compare(contenders: &[(&str, Call)], calls: usize, concurrency: usize, 
     runs.iter().map(|r| summarize(r)).collect()
 }
 
-/// The table of one comparison. `tput x` is the ratio of the medians; the
-/// column after it, the lowest and highest ratio within one repetition,
-/// shows how far the machine moved the figure during the run.
+/// The table of one comparison. `tput x` is the ratio of the medians;
+/// `per rep`, the lowest and highest ratio within one repetition, shows how
+/// far the machine moved the figure during the run; `paired x`, the median
+/// of those ratios with its 95% interval, tells a difference from the noise.
 fn print_table(title: &str, names: &[&str], summaries: &[Summary], baseline: usize) {
     println!("\n{title}");
     println!(
-        "  {:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>13} {:>9}",
-        "contender", "calls/s", "p50 ms", "p99 ms", "failed", "tput x", "per rep", "p99 x"
+        "  {:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>13} {:>20} {:>9}",
+        "contender", "calls/s", "p50 ms", "p99 ms", "failed", "tput x", "per rep", "paired x (95%)", "p99 x"
     );
     let base = &summaries[baseline];
     for (name, s) in names.iter().zip(summaries) {
         let (lo, hi) = s.rep_ratios(base);
+        let paired = s.paired(base);
         println!(
-            "  {:<28} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>10.3} {:>13} {:>9.3}",
+            "  {:<28} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>10.3} {:>13} {:>20} {:>9.3}",
             name,
             s.throughput,
             s.p50_ms,
@@ -322,6 +356,7 @@ fn print_table(title: &str, names: &[&str], summaries: &[Summary], baseline: usi
             s.failures,
             s.throughput / base.throughput,
             format!("{lo:.2}-{hi:.2}"),
+            format!("{:.3} ({:.3}-{:.3})", paired.median, paired.low, paired.high),
             s.p99_ms / base.p99_ms
         );
     }
@@ -341,6 +376,7 @@ fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json
                 "failures": s.failures,
                 "throughput_ratio": s.throughput / base.throughput,
                 "throughput_ratio_per_rep": s.per_rep.iter().zip(&base.per_rep).map(|(o, b)| o / b).collect::<Vec<_>>(),
+                "throughput_ratio_paired": paired_json(s.paired(base)),
                 "p99_ratio": s.p99_ms / base.p99_ms,
             })
         })
@@ -454,5 +490,35 @@ async fn main() {
     }
     if failed {
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(per_rep: &[f64]) -> Summary {
+        Summary {
+            throughput: median(per_rep.to_vec()),
+            p50_ms: 1.0,
+            p99_ms: 1.0,
+            failures: 0,
+            per_rep: per_rep.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_paired_ratio_is_the_median_with_order_statistics_around_it() {
+        // 25 repetitions: ratios 0.76, 0.77, ..., 1.00; the interval runs
+        // from the 7th lowest to the 7th highest.
+        let base = summary(&[100.0; 25]);
+        let own: Vec<f64> = (0..25).map(|i| 76.0 + f64::from(i)).collect();
+        let paired = summary(&own).paired(&base);
+        assert!((paired.median - 0.88).abs() < 1e-9, "{paired:?}");
+        assert!((paired.low - 0.82).abs() < 1e-9 && (paired.high - 0.94).abs() < 1e-9, "{paired:?}");
+
+        // Too few repetitions for an interval: the whole range.
+        let paired = summary(&[90.0, 110.0, 100.0]).paired(&summary(&[100.0; 3]));
+        assert_eq!((paired.low, paired.median, paired.high), (0.9, 1.0, 1.1));
     }
 }

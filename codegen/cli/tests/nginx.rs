@@ -66,7 +66,22 @@ async fn start_nginx(prefix: &Path, port: u16) -> tokio::process::Child {
 }
 
 /// The calls to the service in the access log, from the `skip`th on: (status, upstream addresses tried).
-fn access_log(prefix: &Path, skip: usize) -> Vec<(String, Vec<String>)> {
+/// The access log's lines for the service after the first `skip`, once it
+/// has `expected` of them or 5 s have passed: Nginx writes a call's line
+/// when it closes the call's stream, which can be just after the client
+/// has its answer.
+async fn access_log(prefix: &Path, skip: usize, expected: usize) -> Vec<(String, Vec<String>)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = read_access_log(prefix, skip);
+        if lines.len() >= expected || tokio::time::Instant::now() >= deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn read_access_log(prefix: &Path, skip: usize) -> Vec<(String, Vec<String>)> {
     let log = std::fs::read_to_string(prefix.join("access.log")).unwrap_or_default();
     log.lines()
         .filter(|l| l.contains(SERVICE))
@@ -135,7 +150,7 @@ async fn nginx_spreads_calls_over_the_instances_and_passes_over_a_killed_one() {
     let through = Registry::from_url(&format!("static://{SERVICE}={nginx}")).unwrap();
     let mut client = OrderPaymentClient::discover(&through).unwrap();
     call_through(&mut client, 20, "before").await;
-    let before = access_log(&prefix, 0);
+    let before = access_log(&prefix, 0, 20).await;
     assert_eq!(before.len(), 20, "every call went through nginx: {before:?}");
     for instance in [&a, &b] {
         let served = before.iter().filter(|(_, up)| up == &[instance.addr().to_string()]).count();
@@ -168,7 +183,7 @@ async fn nginx_spreads_calls_over_the_instances_and_passes_over_a_killed_one() {
     a.signal(Signal::SIGKILL);
     a.wait(Duration::from_secs(5)).await;
     call_through(&mut client, 20, "after").await;
-    let after = access_log(&prefix, 20);
+    let after = access_log(&prefix, 20, 20).await;
     assert_eq!(after.len(), 20, "{after:?}");
     let dead = a.addr().to_string();
     let tried_dead = after.iter().filter(|(_, up)| up.contains(&dead)).count();

@@ -285,7 +285,7 @@ mod service {
 
     use bytes::{Bytes, BytesMut};
     use futures_util::StreamExt;
-    use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+    use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
     use http_body::Frame;
     use http_body_util::{BodyExt, Full, Limited, StreamBody};
     use prost_reflect::{DescriptorPool, ReflectMessage};
@@ -305,25 +305,26 @@ mod service {
     const MAX_BODY: usize = 4 * 1024 * 1024;
 
     /// The header whose value fills a request's `idempotency_key` field.
-    const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
     /// The header that sets a call's deadline as a duration (`2s`, `250ms`).
-    const TIMEOUT_HEADER: &str = "x-trellis-timeout";
+    static TIMEOUT_HEADER: HeaderName = HeaderName::from_static(TIMEOUT_HEADER_NAME);
+    const TIMEOUT_HEADER_NAME: &str = "x-trellis-timeout";
 
     /// Headers of the HTTP exchange itself, not passed on as metadata.
-    const HOP_HEADERS: &[&str] = &[
-        "host",
-        "connection",
-        "content-type",
-        "content-length",
-        "accept",
-        "accept-encoding",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "keep-alive",
-        "user-agent",
-        TIMEOUT_HEADER,
+    static HOP_HEADERS: [HeaderName; 12] = [
+        http::header::HOST,
+        http::header::CONNECTION,
+        http::header::CONTENT_TYPE,
+        http::header::CONTENT_LENGTH,
+        http::header::ACCEPT,
+        http::header::ACCEPT_ENCODING,
+        http::header::TE,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        http::header::USER_AGENT,
+        HeaderName::from_static(TIMEOUT_HEADER_NAME),
     ];
 
     /// The gateway in front of the server's layers. With no REST route among
@@ -633,7 +634,7 @@ mod service {
         message: &mut prost_reflect::DynamicMessage,
         headers: &HeaderMap,
     ) -> Result<(), String> {
-        let Some(header) = headers.get(IDEMPOTENCY_KEY) else { return Ok(()) };
+        let Some(header) = headers.get(&IDEMPOTENCY_KEY) else { return Ok(()) };
         let Some(field) = message.descriptor().get_field_by_name("idempotency_key") else { return Ok(()) };
         if field.kind() != prost_reflect::Kind::String || field.is_list() {
             return Ok(());
@@ -669,13 +670,13 @@ mod service {
         *request.extensions_mut() = extensions;
         let out = request.headers_mut();
         for (name, value) in headers {
-            if !HOP_HEADERS.contains(&name.as_str()) {
+            if !HOP_HEADERS.contains(name) {
                 out.append(name.clone(), value.clone());
             }
         }
         out.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         out.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        let timeout = match (headers.get(&GRPC_TIMEOUT), headers.get(TIMEOUT_HEADER)) {
+        let timeout = match (headers.get(&GRPC_TIMEOUT), headers.get(&TIMEOUT_HEADER)) {
             (Some(value), _) => Some(decode_grpc_timeout(value.as_bytes()).ok_or_else(|| {
                 format!(
                     "`{GRPC_TIMEOUT}: {}` is not a gRPC timeout; write one like 2S or 250m",

@@ -269,15 +269,19 @@ impl Summary {
     /// This contender's throughput over `base`'s within each repetition
     /// (the two ran minutes apart at most): the lowest and the highest.
     fn rep_ratios(&self, base: &Summary) -> (f64, f64) {
-        let ratios = self.per_rep.iter().zip(&base.per_rep).map(|(own, base)| own / base);
-        ratios.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| (lo.min(r), hi.max(r)))
+        let ratios = self.ratios(base);
+        ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| (lo.min(r), hi.max(r)))
+    }
+
+    /// This contender's throughput over `base`'s in each repetition, in order.
+    fn ratios(&self, base: &Summary) -> Vec<f64> {
+        self.per_rep.iter().zip(&base.per_rep).map(|(own, base)| own / base).collect()
     }
 
     /// This contender's throughput over `base`'s, repetition by repetition:
     /// the median of those ratios and a 95% interval for it.
     fn paired(&self, base: &Summary) -> Paired {
-        let mut ratios: Vec<f64> =
-            self.per_rep.iter().zip(&base.per_rep).map(|(own, base)| own / base).collect();
+        let mut ratios = self.ratios(base);
         ratios.sort_by(f64::total_cmp);
         let n = ratios.len();
         // Distribution-free: the median lies between the k-th lowest and the
@@ -375,7 +379,7 @@ fn to_json(names: &[&str], summaries: &[Summary], baseline: usize) -> serde_json
                 "p99_ms": s.p99_ms,
                 "failures": s.failures,
                 "throughput_ratio": s.throughput / base.throughput,
-                "throughput_ratio_per_rep": s.per_rep.iter().zip(&base.per_rep).map(|(o, b)| o / b).collect::<Vec<_>>(),
+                "throughput_ratio_per_rep": s.ratios(base),
                 "throughput_ratio_paired": paired_json(s.paired(base)),
                 "p99_ratio": s.p99_ms / base.p99_ms,
             })

@@ -25,9 +25,9 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::method::PerMethod;
 use crate::context::outbound_deadline;
 use crate::error::{BoxError, CallError};
+use crate::protocol::per_method::PerMethod;
 use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
 
 /// When a call must be finished, as a request extension the layers below

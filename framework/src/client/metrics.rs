@@ -18,7 +18,6 @@
 //! call that ends with it); no lock, no allocation.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, ready};
@@ -40,6 +39,7 @@ use crate::metrics::{
     TransitionLabels, code_name,
 };
 use crate::protocol::end::{CallEnd, EndBody, Ending};
+use crate::protocol::per_method::PerMethod;
 use crate::registry::Heartbeat;
 
 /// The kind of an attempt.
@@ -197,7 +197,9 @@ struct MethodHistograms {
 struct Table {
     service: &'static str,
     metrics: Option<Metrics>,
-    by_path: HashMap<&'static str, usize>,
+    /// Each path's index in `methods`; paths the descriptor does not know,
+    /// the last.
+    by_path: PerMethod<usize>,
     /// By index in `by_path`; the last for paths the descriptor does not know.
     methods: Vec<MethodHistograms>,
     counters: Arc<Counters>,
@@ -205,7 +207,7 @@ struct Table {
 
 impl Table {
     fn method(&self, path: &str) -> usize {
-        self.by_path.get(path).copied().unwrap_or(self.methods.len() - 1)
+        *self.by_path.get(path)
     }
 
     fn finish(&self, method: usize, code: Code, start: Instant) {
@@ -229,7 +231,8 @@ pub struct ClientMetricsLayer {
 
 impl ClientMetricsLayer {
     pub(crate) fn new(service: &'static ServiceDescriptor, counters: Arc<Counters>) -> Self {
-        let by_path = service.methods().iter().enumerate().map(|(i, m)| (m.path(), i)).collect();
+        let paths = service.methods().iter().enumerate().map(|(i, m)| (m.path(), i));
+        let by_path = PerMethod::new(paths, service.methods().len());
         let methods = service
             .methods()
             .iter()

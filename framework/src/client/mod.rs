@@ -63,7 +63,6 @@ mod breaker;
 mod config;
 mod deadline;
 mod endpoint;
-mod method;
 mod metrics;
 mod retry;
 mod stats;
@@ -95,13 +94,13 @@ pub use crate::error::{CallError, NotRetried};
 pub use crate::protocol::DEFAULT_TIMEOUT;
 
 use self::balance::Routing;
-use self::method::PerMethod;
 use self::metrics::{ServiceMetrics, View};
 use self::retry::RetryPolicy;
 use self::stats::Counters;
 use crate::descriptor::{ServiceDescriptor, StreamingKind};
 use crate::error::{BoxError, Error, into_status};
 use crate::metrics::ChannelView;
+use crate::protocol::per_method::PerMethod;
 use crate::registry::Endpoint;
 
 /// A whole call or one attempt, type-erased once where your layers are.

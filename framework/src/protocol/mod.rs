@@ -58,6 +58,7 @@ pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status
 pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 pub(crate) mod end;
+pub(crate) mod per_method;
 
 const MAX_DIGITS: u64 = 99_999_999;
 

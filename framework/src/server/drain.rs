@@ -18,19 +18,24 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::paths::Paths;
+use crate::protocol::per_method::PerMethod;
 use crate::protocol::{GRPC_MESSAGE, GRPC_STATUS};
 
 /// Closes the streams of `paths` when `token` is cancelled.
 #[derive(Debug, Clone)]
 pub(crate) struct DrainLayer {
-    streaming_paths: Arc<Paths<()>>,
+    /// Whether a path is a server stream's.
+    streaming: Arc<PerMethod<bool>>,
     token: CancellationToken,
 }
 
 impl DrainLayer {
-    pub(crate) fn new(streaming_paths: Paths<()>, token: CancellationToken) -> Self {
-        DrainLayer { streaming_paths: Arc::new(streaming_paths), token }
+    pub(crate) fn new(
+        streaming_paths: impl IntoIterator<Item = &'static str>,
+        token: CancellationToken,
+    ) -> Self {
+        let streaming = PerMethod::new(streaming_paths.into_iter().map(|p| (p, true)), false);
+        DrainLayer { streaming: Arc::new(streaming), token }
     }
 }
 
@@ -62,7 +67,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let token = self.layer.streaming_paths.contains(req.uri().path()).then(|| self.layer.token.clone());
+        let token = self.layer.streaming.get(req.uri().path()).then(|| self.layer.token.clone());
         DrainFuture { inner: self.inner.call(req), token }
     }
 }
@@ -172,7 +177,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_drain_closes_open_streams_after_what_they_sent_and_leaves_unary_calls() {
         let token = CancellationToken::new();
-        let layer = DrainLayer::new(["/pkg.S/Watch"].into_iter().collect(), token.clone());
+        let layer = DrainLayer::new(["/pkg.S/Watch"], token.clone());
         let service = layer.layer(open_stream());
         let mut stream = service.clone().oneshot(request("/pkg.S/Watch")).await.unwrap().into_body();
         let mut unary = service.oneshot(request("/pkg.S/Get")).await.unwrap().into_body();

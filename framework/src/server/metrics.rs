@@ -8,9 +8,9 @@
 //! a call without running it (load shedding, an expired deadline) mark the
 //! response with a [`Refused`] extension, which this layer counts.
 //!
-//! Per call: one lookup of the path in a sorted table (label sets are resolved when the
-//! server starts, and per status code on the first call that ends with
-//! it), an `Arc` clone, and relaxed atomic adds. Health and reflection
+//! Per call: one lookup of the path in a sorted table (label sets are
+//! resolved when the server starts, and per status code on the first call
+//! that ends with it), an `Arc` clone, and relaxed atomic adds. Health and reflection
 //! calls are not counted.
 
 use std::pin::Pin;
@@ -26,11 +26,11 @@ use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::paths::Paths;
 use crate::descriptor::ServiceDescriptor;
 use crate::metrics::{CallLabels, Histogram, MethodLabels, Metrics, code_name};
 use crate::protocol;
 use crate::protocol::end::{CallEnd, EndBody, Ending};
+use crate::protocol::per_method::PerMethod;
 
 /// Set by a layer that answered a call without running it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,13 +86,9 @@ impl MethodMetrics {
     }
 }
 
-/// The handles of every method, by path.
-#[derive(Debug)]
-struct Table {
-    by_path: Paths<Arc<MethodMetrics>>,
-    /// A path no service has: counted under `unknown`.
-    unknown: Arc<MethodMetrics>,
-}
+/// The handles of every method, by path; a path no service has is counted
+/// under `unknown`.
+type Table = PerMethod<Arc<MethodMetrics>>;
 
 /// Counts every call; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -105,10 +101,9 @@ impl MetricsLayer {
         let by_path = services
             .iter()
             .flat_map(|s| s.methods().iter().map(move |m| (s.name(), m)))
-            .map(|(service, m)| (m.path(), Arc::new(MethodMetrics::new(metrics, service, m.name()))))
-            .collect();
+            .map(|(service, m)| (m.path(), Arc::new(MethodMetrics::new(metrics, service, m.name()))));
         let unknown = Arc::new(MethodMetrics::new(metrics, "unknown", "unknown"));
-        MetricsLayer { table: Arc::new(Table { by_path, unknown }) }
+        MetricsLayer { table: Arc::new(PerMethod::new(by_path, unknown)) }
     }
 }
 
@@ -142,7 +137,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let path = req.uri().path();
         let call = (!protocol::is_builtin(path)).then(|| {
-            let method = self.table.by_path.get(path).unwrap_or(&self.table.unknown);
+            let method = self.table.get(path);
             method.started.inc();
             method.in_flight.inc();
             Call { method: Arc::clone(method), start: Instant::now() }

@@ -50,7 +50,6 @@ mod faults;
 mod limit;
 mod limits;
 pub(crate) mod metrics;
-mod paths;
 mod trace;
 
 pub use config::{DEFAULT_MAX_CONCURRENT_CALLS, FaultsConfig, InstanceConfig, ServerConfig, ShutdownConfig};
@@ -679,10 +678,10 @@ fn reflection<'a>(services: &[&'static ServiceDescriptor]) -> tonic_reflection::
     builder
 }
 
-fn streaming_paths(services: &[&'static ServiceDescriptor]) -> paths::Paths<()> {
+fn streaming_paths(services: &[&'static ServiceDescriptor]) -> impl Iterator<Item = &'static str> {
     let app_paths =
         services.iter().flat_map(|s| s.methods()).filter(|m| m.kind().server_streams()).map(|m| m.path());
-    BUILTIN_STREAMING_PATHS.into_iter().chain(app_paths).collect()
+    BUILTIN_STREAMING_PATHS.into_iter().chain(app_paths)
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).

@@ -34,11 +34,11 @@ use tower_service::Service;
 #[cfg(test)]
 pub(crate) use self::state::FIRST_OPEN;
 pub(crate) use self::state::{Admit, Breaker};
-use super::method::PerMethod;
 use super::metrics::Transition;
 use super::stats::Counters;
 use crate::error::{BoxError, CallError};
 use crate::metrics::{BreakerSnapshot, BreakerState};
+use crate::protocol::per_method::PerMethod;
 
 /// One method's breaker, and the counters of its transitions.
 #[derive(Debug, Default)]

@@ -46,11 +46,11 @@ pub(crate) use self::policy::{MAX_ATTEMPTS, RetryBudget};
 use super::balance::hash_field;
 use super::balance::{HashKey, Tried};
 use super::deadline::Deadline;
-use super::method::PerMethod;
 use super::metrics::{Attempt, NotSent};
 use super::stats::Counters;
 use crate::descriptor::HashKeyField;
 use crate::error::{BoxError, CallError, NotRetried};
+use crate::protocol::per_method::PerMethod;
 
 /// How the retry layer treats one method.
 #[derive(Debug, Clone, Copy)]

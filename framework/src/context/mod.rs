@@ -16,9 +16,13 @@
 //! inside it sends a child span's `traceparent`. Outside a server, wrap a
 //! piece of work in [`RequestContext::traced`] so its calls share a trace.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 mod trace;
@@ -31,8 +35,36 @@ pub use self::trace::{
 /// and pass on the answer.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
-tokio::task_local! {
-    static CURRENT: RequestContext;
+thread_local! {
+    /// The context of the call being polled on this thread: set by
+    /// [`Scoped`] around each poll of its future, and by
+    /// [`RequestContext::sync_scope`] around its closure.
+    static CURRENT: RefCell<Option<RequestContext>> = const { RefCell::new(None) };
+}
+
+/// Reads the current context, if any.
+fn with_current<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
+    CURRENT.try_with(|current| current.borrow().as_ref().map(f)).ok().flatten()
+}
+
+/// While alive, `slot`'s context is the current one (and `slot` holds the
+/// one before); dropped, each goes back where it was.
+struct Entered<'a> {
+    slot: &'a mut Option<RequestContext>,
+}
+
+impl<'a> Entered<'a> {
+    fn new(slot: &'a mut Option<RequestContext>) -> Self {
+        // `try_with`: a future dropped while the thread exits finds no slot.
+        let _ = CURRENT.try_with(|current| std::mem::swap(&mut *current.borrow_mut(), slot));
+        Entered { slot }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let _ = CURRENT.try_with(|current| std::mem::swap(&mut *current.borrow_mut(), self.slot));
+    }
 }
 
 /// What the server knows about the call being handled.
@@ -64,13 +96,18 @@ impl RequestContext {
 
     /// The context of the call being handled on this task, if any.
     pub fn current() -> Option<RequestContext> {
-        CURRENT.try_with(Clone::clone).ok()
+        with_current(Clone::clone)
+    }
+
+    /// Whether a call is being handled on this task, and its deadline.
+    pub(crate) fn current_deadline() -> Option<Option<Instant>> {
+        with_current(|ctx| ctx.deadline)
     }
 
     /// The trace and span ids of the call being handled on this task, if
     /// it is traced; copies 24 bytes, nothing else.
     pub fn current_ids() -> Option<(TraceId, SpanId)> {
-        CURRENT.try_with(|ctx| ctx.trace.as_ref().map(|t| (t.trace_id(), t.span_id()))).ok().flatten()
+        with_current(|ctx| ctx.trace.as_ref().map(|t| (t.trace_id(), t.span_id()))).flatten()
     }
 
     /// The span the call runs in, when it is traced.
@@ -90,21 +127,65 @@ impl RequestContext {
 
     /// Runs `f` with this context as the current one.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        let mut slot = Some(self);
+        let _entered = Entered::new(&mut slot);
+        f()
     }
 
     /// Runs `fut` with this context as the current one.
-    pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
-        CURRENT.scope(self, fut)
+    pub fn scope<F: Future>(self, fut: F) -> Scoped<F> {
+        Scoped { ctx: Some(self), inner: Some(fut) }
+    }
+
+    /// Calls `make` with this context as the current one, and runs the
+    /// future it returns in it: what a server layer does with its inner
+    /// service's `call`.
+    pub(crate) fn call<F: Future>(self, make: impl FnOnce() -> F) -> Scoped<F> {
+        let mut ctx = Some(self);
+        let inner = {
+            let _entered = Entered::new(&mut ctx);
+            make()
+        };
+        Scoped { ctx, inner: Some(inner) }
+    }
+}
+
+pin_project! {
+    /// A future run in a [`RequestContext`]: made by
+    /// [`RequestContext::scope`]. The context is current while the future
+    /// is polled and while it is dropped.
+    #[derive(Debug)]
+    pub struct Scoped<F> {
+        ctx: Option<RequestContext>,
+        #[pin]
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let _entered = Entered::new(this.ctx);
+                this.inner.set(None);
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = Entered::new(this.ctx);
+        this.inner.as_pin_mut().expect("a `Scoped` holds its future until dropped").poll(cx)
     }
 }
 
 /// The span an outbound call started now runs in: a child of the call being
 /// handled, or the root of a new trace outside any traced call.
 pub fn outbound_trace() -> TraceContext {
-    CURRENT
-        .try_with(|ctx| ctx.trace.as_ref().map(TraceContext::child))
-        .ok()
+    with_current(|ctx| ctx.trace.as_ref().map(TraceContext::child))
         .flatten()
         .unwrap_or_else(TraceContext::new_root)
 }
@@ -115,8 +196,8 @@ pub fn outbound_trace() -> TraceContext {
 pub fn outbound_deadline(own: Option<Duration>) -> Option<Instant> {
     let now = Instant::now();
     let own = own.map(|t| now + t);
-    let inherited = RequestContext::current()
-        .and_then(|ctx| ctx.deadline)
+    let inherited = RequestContext::current_deadline()
+        .flatten()
         .map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d).max(now));
     match (own, inherited) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -140,6 +221,42 @@ mod tests {
 
         let got = inbound.scope(async { outbound_deadline(Some(Duration::from_millis(50))) }).await;
         assert_eq!(got, Some(start + Duration::from_millis(50)));
+    }
+
+    /// Notes, when dropped, the deadline current then.
+    struct SeesOnDrop(std::sync::Arc<std::sync::Mutex<Option<Option<Instant>>>>);
+
+    impl Drop for SeesOnDrop {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = RequestContext::current_deadline();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_context_is_current_while_its_future_runs_and_drops_and_restored_after() {
+        let (outer, inner) =
+            (Instant::now() + Duration::from_secs(2), Instant::now() + Duration::from_secs(1));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let nested = RequestContext::new(Some(outer)).scope(async {
+            assert_eq!(RequestContext::current_deadline(), Some(Some(outer)));
+            let made = RequestContext::new(Some(inner)).call(|| {
+                assert_eq!(RequestContext::current_deadline(), Some(Some(inner)), "while the future is made");
+                async { RequestContext::current_deadline() }
+            });
+            assert_eq!(made.await, Some(Some(inner)), "while it is polled");
+            assert_eq!(RequestContext::current_deadline(), Some(Some(outer)), "the outer one back");
+            let dropped = SeesOnDrop(std::sync::Arc::clone(&seen));
+            drop(RequestContext::new(Some(inner)).scope(async move {
+                let _dropped = dropped;
+            }));
+        });
+        nested.await;
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(Some(inner)),
+            "a future dropped unpolled drops in its context"
+        );
+        assert_eq!(RequestContext::current_deadline(), None);
     }
 
     #[tokio::test(start_paused = true)]

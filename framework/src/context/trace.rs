@@ -331,22 +331,33 @@ impl TraceContext {
 
 /// `N` bytes from `2N` lowercase hex digits.
 fn hex_field<const N: usize>(digits: &[u8]) -> Result<[u8; N], TraceparentError> {
-    fn nibble(c: u8) -> Result<u8, TraceparentError> {
-        match c {
-            b'0'..=b'9' => Ok(c - b'0'),
-            b'a'..=b'f' => Ok(c - b'a' + 10),
-            _ => Err(TraceparentError::NotLowercaseHex),
-        }
-    }
     if digits.len() != 2 * N {
         return Err(TraceparentError::Shape);
     }
     let mut out = [0u8; N];
+    // Every digit looked up, the invalid ones (0xff) noticed once at the end.
+    let mut seen = 0u8;
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        seen |= high | low;
+        *byte = (high << 4) | (low & 0x0f);
+    }
+    if seen > 0x0f {
+        return Err(TraceparentError::NotLowercaseHex);
     }
     Ok(out)
 }
+
+/// The value of each lowercase hex digit; 0xff for every other byte.
+static NIBBLES: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[DIGITS[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// One `tracestate` from the header's values: a single valid value as it
 /// is (no copy), several joined with commas; `None` when absent or when any

@@ -479,6 +479,10 @@ mod service {
         }
 
         fn call(&mut self, req: Request<Body>) -> Self::Future {
+            // No routes on a port that also serves gRPC: everything passes on, unread.
+            if self.routes.is_none() && !self.rest_only {
+                return GatewayFuture::Grpc { inner: self.inner.call(req) };
+            }
             let is_grpc = req
                 .headers()
                 .get(http::header::CONTENT_TYPE)
@@ -494,7 +498,7 @@ mod service {
                     inner: Box::pin(std::future::ready(Ok(response.map(http_body_util::Either::Right)))),
                 };
             }
-            let Some(routes) = self.routes.clone().filter(|_| !is_grpc) else {
+            let Some(routes) = self.routes.as_ref().filter(|_| !is_grpc).map(Arc::clone) else {
                 return GatewayFuture::Grpc { inner: self.inner.call(req) };
             };
             // The ready service goes with this call; a clone stays for the next.

@@ -11,14 +11,13 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::context::RequestContext;
+use crate::context::{RequestContext, Scoped};
 use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
 
 /// Runs each call inside its [`RequestContext`].
@@ -52,8 +51,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (deadline, inherited) = match RequestContext::current() {
-            Some(ctx) => (ctx.deadline(), true),
+        let (deadline, inherited) = match RequestContext::current_deadline() {
+            Some(deadline) => (deadline, true),
             None => {
                 let timeout =
                     req.headers().get(&GRPC_TIMEOUT).and_then(|v| decode_grpc_timeout(v.as_bytes()));
@@ -67,15 +66,13 @@ where
             ));
             let mut response = status.into_http();
             response.extensions_mut().insert(super::metrics::Refused::Expired);
-            return DeadlineFuture::Expired { response: Some(response) };
+            return DeadlineFuture::Expired { response: Some(Box::new(response)) };
         }
         if inherited {
             return DeadlineFuture::Inherited { inner: self.inner.call(req) };
         }
-        let ctx = RequestContext::new(deadline);
         // Both the service's `call` and its future see the context.
-        let inner = ctx.clone().sync_scope(|| self.inner.call(req));
-        DeadlineFuture::Run { inner: ctx.scope(inner) }
+        DeadlineFuture::Run { inner: RequestContext::new(deadline).call(|| self.inner.call(req)) }
     }
 }
 
@@ -83,9 +80,9 @@ pin_project! {
     /// Response future of [`Deadline`].
     #[project = DeadlineProj]
     pub(crate) enum DeadlineFuture<F> {
-        Run { #[pin] inner: TaskLocalFuture<RequestContext, F> },
+        Run { #[pin] inner: Scoped<F> },
         Inherited { #[pin] inner: F },
-        Expired { response: Option<Response<Body>> },
+        Expired { response: Option<Box<Response<Body>>> },
     }
 }
 
@@ -99,7 +96,9 @@ where
         match self.project() {
             DeadlineProj::Run { inner } => inner.poll(cx),
             DeadlineProj::Inherited { inner } => inner.poll(cx),
-            DeadlineProj::Expired { response } => Poll::Ready(Ok(response.take().unwrap_or_default())),
+            DeadlineProj::Expired { response } => {
+                Poll::Ready(Ok(response.take().map(|r| *r).unwrap_or_default()))
+            }
         }
     }
 }

@@ -220,9 +220,15 @@ where
 /// peer that stopped answering pings); a connection that never sends its
 /// preface, or stops in the middle of a frame, would otherwise be held for
 /// as long as it stays open.
+///
+/// A read only notes its time; the timer is moved when it fires, to the
+/// last read's time plus `timeout`, so a busy connection does not re-file
+/// its timer in the runtime's wheel on every read.
 pub struct IdleTimeout<IO> {
     inner: IO,
     timeout: Duration,
+    /// When something was last received (or the connection accepted).
+    last_read: Instant,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -235,7 +241,13 @@ impl<IO> fmt::Debug for IdleTimeout<IO> {
 impl<IO> IdleTimeout<IO> {
     /// Wraps `inner`; the clock starts now.
     pub fn new(inner: IO, timeout: Duration) -> Self {
-        IdleTimeout { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)) }
+        let now = Instant::now();
+        IdleTimeout {
+            inner,
+            timeout,
+            last_read: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+        }
     }
 
     /// The wrapped connection.
@@ -252,25 +264,27 @@ impl<IO: AsyncRead + Unpin> AsyncRead for IdleTimeout<IO> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    let deadline = Instant::now() + this.timeout;
-                    this.sleep.as_mut().reset(deadline);
-                }
-                Poll::Ready(result)
+        if let Poll::Ready(result) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            if buf.filled().len() > before {
+                this.last_read = Instant::now();
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            return Poll::Ready(result);
+        }
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            let idle_until = this.last_read + this.timeout;
+            if idle_until <= this.sleep.deadline() {
+                return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "nothing received for {} (server.http2.idle_timeout)",
                         humantime::format_duration(this.timeout)
                     ),
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+                )));
+            }
+            // Something arrived since the timer was set: it runs on from then.
+            this.sleep.as_mut().reset(idle_until);
         }
+        Poll::Pending
     }
 }
 

@@ -35,14 +35,13 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tonic::Code;
 use tonic::transport::server::TcpConnectInfo;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 
-use crate::context::{RequestContext, TRACEPARENT, TRACESTATE, TraceContext};
+use crate::context::{RequestContext, Scoped, TRACEPARENT, TRACESTATE, TraceContext};
 use crate::protocol::end::{CallEnd, EndBody, Ending};
 use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
 use crate::telemetry::span::{self, SpanKind};
@@ -109,10 +108,10 @@ where
         let ctx = RequestContext::new(timeout.map(|t| tokio::time::Instant::now() + t)).with_trace(trace);
         let inner = {
             let _enter = span.enter();
-            ctx.clone().sync_scope(|| self.inner.call(req))
+            ctx.clone().call(|| self.inner.call(req))
         };
-        let call = Call { span, start, timeout, path, peer, access: self.access, ctx: ctx.clone() };
-        TraceFuture { inner: ctx.scope(inner), call: Ending::new(Some(call)) }
+        let call = Call { span, start, timeout, path, peer, access: self.access, ctx };
+        TraceFuture { inner, call: Ending::new(Some(call)) }
     }
 }
 
@@ -143,20 +142,29 @@ impl CallEnd for Call {
         {
             span::record(span::FinishedSpan::new(SpanKind::Server, trace, method, code, elapsed, peer));
         }
+        let level = match code {
+            Code::Ok => tracing::Level::DEBUG,
+            Code::Unknown
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::DeadlineExceeded
+            | Code::Unimplemented => tracing::Level::WARN,
+            _ => tracing::Level::INFO,
+        };
+        // Nothing to write at this level (the usual successful call): no context to enter.
+        if !access && !tracing::level_enabled!(level) {
+            return;
+        }
         let peer = peer.map(tracing::field::display);
         // In the call's context, so the lines carry its trace.
         ctx.sync_scope(|| {
             let _enter = span.enter();
-            match code {
-                Code::Ok => {
+            match level {
+                tracing::Level::DEBUG => {
                     tracing::debug!(rpc.method = method, status = ?code, duration_ms, timeout_ms, peer, "call finished")
                 }
-                Code::Unknown
-                | Code::Internal
-                | Code::Unavailable
-                | Code::DataLoss
-                | Code::DeadlineExceeded
-                | Code::Unimplemented => {
+                tracing::Level::WARN => {
                     tracing::warn!(rpc.method = method, status = ?code, duration_ms, timeout_ms, peer, "call failed")
                 }
                 _ => {
@@ -175,7 +183,7 @@ pin_project! {
     /// was cancelled by the client (or its connection closed).
     pub(crate) struct TraceFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<RequestContext, F>,
+        inner: Scoped<F>,
         call: Ending<Call>,
     }
 }

@@ -34,14 +34,16 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::uri::{Authority, PathAndQuery, Scheme as UriScheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use http_body::{Body as _, Frame};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tonic::body::Body;
 
 use super::{CONNECT_TIMEOUT, Coalesce, tls};
+use crate::context::TRACEPARENT;
 use crate::error::{BoxError, Error};
+use crate::protocol::GRPC_TIMEOUT;
 use crate::registry::{Endpoint, Scheme};
 
 /// The `user-agent` every call carries.
@@ -81,7 +83,18 @@ struct Shared {
     #[cfg(feature = "tls")]
     tls: Option<TlsConnect>,
     state: Mutex<State>,
+    /// For each of [`NAMED`], the connection its name was last put in the
+    /// HPACK table of (0: none yet).
+    named: [AtomicU64; NAMED.len()],
 }
+
+/// Headers whose value is new on every call, so it is sent as a literal
+/// never put in the HPACK tables (it would only evict the headers that
+/// repeat). Their names are worth indexing: the first request on each
+/// connection that carries one sends it indexable, once, and later ones
+/// refer to the name in the table instead of spelling it out (which the
+/// server would then decode and allocate again on every call).
+static NAMED: [&HeaderName; 2] = [&TRACEPARENT, &GRPC_TIMEOUT];
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,6 +191,7 @@ impl Connection {
                 #[cfg(feature = "tls")]
                 tls,
                 state: Mutex::new(State::Idle),
+                named: Default::default(),
             }),
         })
     }
@@ -206,6 +220,19 @@ fn tls_connect(settings: &tls::TlsConfig, endpoint: &Endpoint) -> Result<TlsConn
 }
 
 impl Shared {
+    /// Lets `req`'s first header of each of [`NAMED`] on connection `id`
+    /// into the HPACK table; two atomic loads once each name is there.
+    fn name_headers(&self, id: u64, req: &mut Request<Body>) {
+        for (named, name) in self.named.iter().zip(NAMED) {
+            if named.load(Ordering::Relaxed) != id
+                && let Some(value) = req.headers_mut().get_mut(name)
+                && named.swap(id, Ordering::Relaxed) != id
+            {
+                value.set_sensitive(false);
+            }
+        }
+    }
+
     /// The connection if it is up, else a future that waits for one (and
     /// starts connecting if no attempt is under way).
     fn sender(self: &Arc<Self>) -> Result<(SendRequest<Bytes>, u64), ConnectFuture> {
@@ -417,13 +444,17 @@ impl Future for ConnectionFuture {
                 }
                 Step::Ready { send, id, req } => {
                     let refused = match ready!(send.poll_ready(cx)) {
-                        Ok(()) => match start(send, req.take().expect("a request until sent")) {
-                            Ok(sent) => {
-                                this.step = sent;
-                                continue;
+                        Ok(()) => {
+                            let mut req = req.take().expect("a request until sent");
+                            this.shared.name_headers(*id, &mut req);
+                            match start(send, req) {
+                                Ok(sent) => {
+                                    this.step = sent;
+                                    continue;
+                                }
+                                Err(err) => (err, None),
                             }
-                            Err(err) => (err, None),
-                        },
+                        }
                         Err(err) => (err, req.take()),
                     };
                     // The connection is closed or going away, and nothing of
@@ -661,6 +692,30 @@ mod tests {
 
     fn request(body: Body) -> Request<Body> {
         Request::builder().method("POST").uri("/t.v1.T/M").body(body).unwrap()
+    }
+
+    #[test]
+    fn each_connection_indexes_the_names_of_per_call_headers_once() {
+        let conn = Connection::new(&Endpoint::from(SocketAddr::from(([127, 0, 0, 1], 1))), None).unwrap();
+        let traced = || {
+            let mut req = request(Body::empty());
+            let mut value =
+                HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+            value.set_sensitive(true);
+            req.headers_mut().insert(TRACEPARENT.clone(), value);
+            req
+        };
+        let sensitive = |req: &Request<Body>| req.headers()[&TRACEPARENT].is_sensitive();
+        // A request without the header leaves the name to the next one with it.
+        conn.shared.name_headers(1, &mut request(Body::empty()));
+        let (mut first, mut second, mut renewed) = (traced(), traced(), traced());
+        conn.shared.name_headers(1, &mut first);
+        conn.shared.name_headers(1, &mut second);
+        assert!(!sensitive(&first), "the first carries the name into the table");
+        assert!(sensitive(&second), "the next ones refer to it");
+        // A new connection starts with an empty table.
+        conn.shared.name_headers(2, &mut renewed);
+        assert!(!sensitive(&renewed));
     }
 
     async fn echoed(conn: &mut Connection, body: Body) -> Result<(Bytes, http::HeaderMap), BoxError> {

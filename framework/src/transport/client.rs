@@ -651,7 +651,8 @@ mod tests {
     use super::*;
 
     /// An HTTP/2 server that answers each request with its body echoed
-    /// back, then `grpc-status: 0` trailers. With `go_away`, each
+    /// back, then `grpc-status: 0` trailers (with the request's
+    /// `traceparent` and `grpc-timeout`, if it had them). With `go_away`, each
     /// connection goes away after its first request. Counts connections.
     async fn echo_server(go_away: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -668,7 +669,7 @@ mod tests {
                     // answered by a task of its own.
                     while let Some(Ok((req, mut respond))) = conn.accept().await {
                         tokio::spawn(async move {
-                            let mut body = req.into_body();
+                            let (head, mut body) = req.into_parts();
                             let mut echoed = Vec::new();
                             while let Some(Ok(data)) = body.data().await {
                                 let _ = body.flow_control().release_capacity(data.len());
@@ -678,6 +679,12 @@ mod tests {
                             send.send_data(Bytes::from(echoed), false).unwrap();
                             let mut trailers = http::HeaderMap::new();
                             trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                            // The per-call headers, as the server decoded them.
+                            for name in NAMED {
+                                if let Some(value) = head.headers.get(name) {
+                                    trailers.insert(name.clone(), value.clone());
+                                }
+                            }
                             send.send_trailers(trailers).unwrap();
                         });
                         if go_away {
@@ -716,6 +723,27 @@ mod tests {
         // A new connection starts with an empty table.
         conn.shared.name_headers(2, &mut renewed);
         assert!(!sensitive(&renewed));
+    }
+
+    #[tokio::test]
+    async fn per_call_headers_arrive_whole_on_every_call_of_a_connection() {
+        let (addr, connections) = echo_server(false).await;
+        let mut conn = Connection::new(&Endpoint::from(addr), None).unwrap();
+        // The first call puts the names in the table, the others refer to them.
+        for n in 1..=4 {
+            let traceparent = crate::context::TraceContext::new_root().traceparent_header();
+            let mut timeout = HeaderValue::from_str(&format!("{n}00m")).unwrap();
+            timeout.set_sensitive(true);
+            let mut req = request(Body::empty());
+            req.headers_mut().insert(TRACEPARENT.clone(), traceparent.clone());
+            req.headers_mut().insert(GRPC_TIMEOUT.clone(), timeout.clone());
+            let response = conn.call(req).await.unwrap();
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().unwrap();
+            assert_eq!(trailers[&TRACEPARENT], traceparent, "call {n}");
+            assert_eq!(trailers[&GRPC_TIMEOUT], timeout, "call {n}");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection for every call");
     }
 
     async fn echoed(conn: &mut Connection, body: Body) -> Result<(Bytes, http::HeaderMap), BoxError> {

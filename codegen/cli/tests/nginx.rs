@@ -65,7 +65,6 @@ async fn start_nginx(prefix: &Path, port: u16) -> tokio::process::Child {
     child
 }
 
-/// The calls to the service in the access log, from the `skip`th on: (status, upstream addresses tried).
 /// The access log's lines for the service after the first `skip`, once it
 /// has `expected` of them or 5 s have passed: Nginx writes a call's line
 /// when it closes the call's stream, which can be just after the client
@@ -81,6 +80,7 @@ async fn access_log(prefix: &Path, skip: usize, expected: usize) -> Vec<(String,
     }
 }
 
+/// The calls to the service in the access log, from the `skip`th on: (status, upstream addresses tried).
 fn read_access_log(prefix: &Path, skip: usize) -> Vec<(String, Vec<String>)> {
     let log = std::fs::read_to_string(prefix.join("access.log")).unwrap_or_default();
     log.lines()

@@ -308,24 +308,24 @@ mod service {
     static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
     /// The header that sets a call's deadline as a duration (`2s`, `250ms`).
-    static TIMEOUT_HEADER: HeaderName = HeaderName::from_static(TIMEOUT_HEADER_NAME);
-    const TIMEOUT_HEADER_NAME: &str = "x-trellis-timeout";
+    static TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-trellis-timeout");
 
     /// Headers of the HTTP exchange itself, not passed on as metadata.
-    static HOP_HEADERS: [HeaderName; 12] = [
-        http::header::HOST,
-        http::header::CONNECTION,
-        http::header::CONTENT_TYPE,
-        http::header::CONTENT_LENGTH,
-        http::header::ACCEPT,
-        http::header::ACCEPT_ENCODING,
-        http::header::TE,
-        http::header::TRANSFER_ENCODING,
-        http::header::UPGRADE,
-        HeaderName::from_static("keep-alive"),
-        http::header::USER_AGENT,
-        HeaderName::from_static(TIMEOUT_HEADER_NAME),
+    static HOP_HEADERS: [&HeaderName; 12] = [
+        &http::header::HOST,
+        &http::header::CONNECTION,
+        &http::header::CONTENT_TYPE,
+        &http::header::CONTENT_LENGTH,
+        &http::header::ACCEPT,
+        &http::header::ACCEPT_ENCODING,
+        &http::header::TE,
+        &http::header::TRANSFER_ENCODING,
+        &http::header::UPGRADE,
+        &KEEP_ALIVE,
+        &http::header::USER_AGENT,
+        &TIMEOUT_HEADER,
     ];
+    static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
     /// The gateway in front of the server's layers. With no REST route among
     /// the added services, it passes every request on.
@@ -674,7 +674,7 @@ mod service {
         *request.extensions_mut() = extensions;
         let out = request.headers_mut();
         for (name, value) in headers {
-            if !HOP_HEADERS.contains(name) {
+            if !HOP_HEADERS.contains(&name) {
                 out.append(name.clone(), value.clone());
             }
         }

@@ -41,6 +41,22 @@ pub fn is_builtin(path: &str) -> bool {
     path.starts_with(BUILTIN_PREFIX)
 }
 
+/// Whether a call a server answered with `code` failed on the server's
+/// side rather than the caller's (OpenTelemetry's RPC conventions): what
+/// its logs warn about and its spans mark as errors.
+pub(crate) fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 // The `grpc-timeout` header: `TimeoutValue TimeoutUnit`, at most 8 digits.
 
 /// The largest gRPC message either side takes or sends unless configured

@@ -113,7 +113,7 @@ where
                 // No handler ran: a Trellis client may retry any method elsewhere.
                 response.headers_mut().insert(UNPROCESSED.clone(), http::HeaderValue::from_static("1"));
                 response.extensions_mut().insert(super::metrics::Refused::Shed);
-                LoadShedFuture::Shed { response: Some(response) }
+                LoadShedFuture::Shed { response: Some(Box::new(response)) }
             }
         }
     }
@@ -124,7 +124,7 @@ pin_project! {
     #[project = LoadShedProj]
     pub(crate) enum LoadShedFuture<F> {
         Call { #[pin] inner: F, slot: Option<Slot> },
-        Shed { response: Option<Response<tonic::body::Body>> },
+        Shed { response: Option<Box<Response<tonic::body::Body>>> },
     }
 }
 
@@ -142,7 +142,7 @@ where
                 Poll::Ready(Ok(response.map(|inner| SlotBody { inner, _slot: slot })))
             }
             LoadShedProj::Shed { response } => {
-                let response = response.take().unwrap_or_default();
+                let response = response.take().map(|r| *r).unwrap_or_default();
                 Poll::Ready(Ok(response.map(|inner| SlotBody { inner, _slot: None })))
             }
         }

@@ -43,7 +43,7 @@ use tracing::Span;
 
 use crate::context::{RequestContext, Scoped, TRACEPARENT, TRACESTATE, TraceContext};
 use crate::protocol::end::{CallEnd, EndBody, Ending};
-use crate::protocol::{GRPC_TIMEOUT, decode_grpc_timeout};
+use crate::protocol::{self, GRPC_TIMEOUT, decode_grpc_timeout};
 use crate::telemetry::span::{self, SpanKind};
 
 /// Adds a call span to every request. See the [module docs](self).
@@ -144,12 +144,7 @@ impl CallEnd for Call {
         }
         let level = match code {
             Code::Ok => tracing::Level::DEBUG,
-            Code::Unknown
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-            | Code::DeadlineExceeded
-            | Code::Unimplemented => tracing::Level::WARN,
+            code if protocol::is_server_error(code) => tracing::Level::WARN,
             _ => tracing::Level::INFO,
         };
         // Nothing to write at this level (the usual successful call): no context to enter.

@@ -280,15 +280,7 @@ fn resource(service: &str) -> Resource {
 fn is_error(kind: SpanKind, code: Code) -> bool {
     match kind {
         SpanKind::Client => code != Code::Ok,
-        SpanKind::Server => matches!(
-            code,
-            Code::Unknown
-                | Code::DeadlineExceeded
-                | Code::Unimplemented
-                | Code::Internal
-                | Code::Unavailable
-                | Code::DataLoss
-        ),
+        SpanKind::Server => crate::protocol::is_server_error(code),
     }
 }
 

@@ -220,9 +220,9 @@ fn tls_connect(settings: &tls::TlsConfig, endpoint: &Endpoint) -> Result<TlsConn
 }
 
 impl Shared {
-    /// Lets `req`'s first header of each of [`NAMED`] on connection `id`
-    /// into the HPACK table; two atomic loads once each name is there.
-    fn name_headers(&self, id: u64, req: &mut Request<Body>) {
+    /// `req`, with its first header of each of [`NAMED`] on connection
+    /// `id` let into the HPACK table; two atomic loads once each name is there.
+    fn named(&self, id: u64, mut req: Request<Body>) -> Request<Body> {
         for (named, name) in self.named.iter().zip(NAMED) {
             if named.load(Ordering::Relaxed) != id
                 && let Some(value) = req.headers_mut().get_mut(name)
@@ -231,6 +231,7 @@ impl Shared {
                 value.set_sensitive(false);
             }
         }
+        req
     }
 
     /// The connection if it is up, else a future that waits for one (and
@@ -444,17 +445,16 @@ impl Future for ConnectionFuture {
                 }
                 Step::Ready { send, id, req } => {
                     let refused = match ready!(send.poll_ready(cx)) {
-                        Ok(()) => {
-                            let mut req = req.take().expect("a request until sent");
-                            this.shared.name_headers(*id, &mut req);
-                            match start(send, req) {
-                                Ok(sent) => {
-                                    this.step = sent;
-                                    continue;
-                                }
-                                Err(err) => (err, None),
+                        Ok(()) => match start(
+                            send,
+                            this.shared.named(*id, req.take().expect("a request until sent")),
+                        ) {
+                            Ok(sent) => {
+                                this.step = sent;
+                                continue;
                             }
-                        }
+                            Err(err) => (err, None),
+                        },
                         Err(err) => (err, req.take()),
                     };
                     // The connection is closed or going away, and nothing of
@@ -714,14 +714,13 @@ mod tests {
         };
         let sensitive = |req: &Request<Body>| req.headers()[&TRACEPARENT].is_sensitive();
         // A request without the header leaves the name to the next one with it.
-        conn.shared.name_headers(1, &mut request(Body::empty()));
-        let (mut first, mut second, mut renewed) = (traced(), traced(), traced());
-        conn.shared.name_headers(1, &mut first);
-        conn.shared.name_headers(1, &mut second);
+        conn.shared.named(1, request(Body::empty()));
+        let first = conn.shared.named(1, traced());
+        let second = conn.shared.named(1, traced());
         assert!(!sensitive(&first), "the first carries the name into the table");
         assert!(sensitive(&second), "the next ones refer to it");
         // A new connection starts with an empty table.
-        conn.shared.name_headers(2, &mut renewed);
+        let renewed = conn.shared.named(2, traced());
         assert!(!sensitive(&renewed));
     }
 

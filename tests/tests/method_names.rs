@@ -112,8 +112,8 @@ impl GetSvc for Handler {
     }
 }
 
-/// Serves both services on a free port; returns a registry naming it.
-async fn serve() -> (Registry, tokio::sync::oneshot::Sender<()>) {
+/// Serves both services on a free port; returns a registry naming it, and the address.
+async fn serve() -> (Registry, std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = trellis::Server::builder()
         .add_service(CollideServer::new(Handler))
@@ -128,7 +128,7 @@ async fn serve() -> (Registry, tokio::sync::oneshot::Sender<()>) {
     let addr = server.local_addr();
     tokio::spawn(server.serve());
     let url = format!("static://{COLLIDE_SERVICE_NAME}={addr};{}={addr}", GET_SVC_DESCRIPTOR.name());
-    (Registry::from_url(&url).expect("registry"), stop)
+    (Registry::from_url(&url).expect("registry"), addr, stop)
 }
 
 fn call(text: &str) -> Call {
@@ -147,7 +147,7 @@ macro_rules! call_each {
 
 #[tokio::test]
 async fn renamed_methods_reach_their_own_handlers() {
-    let (registry, _stop) = serve().await;
+    let (registry, _, _stop) = serve().await;
     let mut client = CollideClient::discover(&registry).expect("discover");
 
     let answers = call_each!(client:
@@ -210,13 +210,41 @@ async fn renamed_methods_reach_their_own_handlers() {
 
 #[tokio::test]
 async fn a_service_named_like_tonics_handler_struct_serves() {
-    let (registry, _stop) = serve().await;
+    let (registry, _, _stop) = serve().await;
     let mut client = GetSvcClient::discover(&registry).expect("discover");
     let reply = client.get(call("g")).await.expect("get").into_inner();
     assert_eq!((reply.method.as_str(), reply.text.as_str()), ("GetSvc.Get", "g"));
     let replies = client.new_rpc(call("n")).await.expect("new").into_inner();
     let methods: Vec<String> = replies.map(|r| r.expect("reply").method).collect().await;
     assert_eq!(methods, ["GetSvc.New"]);
+}
+
+#[tokio::test]
+async fn a_path_no_service_has_is_unimplemented_with_what_the_server_serves() {
+    let (_, addr, _stop) = serve().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in ["/trellis.test.collide.v1.Collide/Nope", "/no.such.v1.Service/Call"] {
+        grpc.ready().await.expect("ready");
+        let err = grpc
+            .unary::<Call, Called, _>(
+                tonic::Request::new(call("x")),
+                http::uri::PathAndQuery::from_static(path),
+                trellis::codegen::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+        let message = err.message();
+        assert!(message.contains(&format!("`{path}` is not a method of this server")), "{message}");
+        assert!(message.contains("trellis.test.collide.v1.Collide (New, "), "{message}");
+        assert!(message.contains("trellis.test.collide.v1.GetSvc (Get, New)"), "{message}");
+        assert!(message.contains("grpc.health.v1.Health"), "{message}");
+    }
 }
 
 #[test]

@@ -108,7 +108,7 @@ pub type BoxServerService = BoxCloneSyncService<http::Request<Body>, http::Respo
 type ServerLayerFn = Arc<dyn Fn(BoxServerService) -> BoxServerService + Send + Sync>;
 
 /// Adds one service to the routes once the message limits are known.
-type AddServiceFn = Box<dyn FnOnce(&mut RoutesBuilder, MessageLimits) + Send + Sync>;
+type AddServiceFn = Box<dyn FnOnce(axum::Router, MessageLimits) -> axum::Router + Send + Sync>;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug, Clone, Copy)]
@@ -344,9 +344,17 @@ impl ServerBuilder {
         S::Future: Send + 'static,
     {
         self.services.push(S::DESCRIPTOR);
-        self.routes.push(Box::new(move |routes, limits| {
-            routes
-                .add_service(service.limit_message_sizes(limits.max_decoding_size, limits.max_encoding_size));
+        // One route per method path (tonic routes `/NAME/*` to the service,
+        // whose own answer to a method it lacks says nothing).
+        self.routes.push(Box::new(move |router, limits| {
+            let service = service.limit_message_sizes(limits.max_decoding_size, limits.max_encoding_size);
+            S::DESCRIPTOR.methods().iter().fold(router, |router, method| {
+                let service = tower::ServiceExt::map_request(
+                    service.clone(),
+                    |req: http::Request<axum::body::Body>| req.map(Body::new),
+                );
+                router.route_service(method.path(), service)
+            })
         }));
         self
     }
@@ -471,10 +479,8 @@ impl BoundServer {
         let signal = signal.unwrap_or_else(|| Box::pin(termination_signal()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let mut routes = RoutesBuilder::default();
-        for add in add_services {
-            add(&mut routes, messages);
-        }
+        let router = add_services.into_iter().fold(axum::Router::new(), |router, add| add(router, messages));
+        let mut routes = RoutesBuilder::from(router);
         routes
             .add_service(health_service)
             .add_service(reflection(&services).build_v1().map_err(|e| Error::Serve(e.into()))?)
@@ -507,7 +513,7 @@ impl BoundServer {
             );
 
         let idle_timeout = http2.idle_timeout;
-        let routes = routes.routes();
+        let routes = with_fallback(routes.routes(), &services);
         // Every HTTP/2 limit set explicitly (framework/src/server/limits.rs); HTTP/1.1 where REST is.
         let router = |gateway, http1: bool| {
             http2
@@ -676,6 +682,29 @@ fn reflection<'a>(services: &[&'static ServiceDescriptor]) -> tonic_reflection::
         }
     }
     builder
+}
+
+/// `routes`, answering a path no method has with `UNIMPLEMENTED` and what
+/// this server does serve (tonic's own answer carries no message).
+fn with_fallback(
+    routes: tonic::service::Routes,
+    services: &[&'static ServiceDescriptor],
+) -> tonic::service::Routes {
+    let served: Vec<String> = services
+        .iter()
+        .map(|s| {
+            let methods: Vec<&str> = s.methods().iter().map(|m| m.name()).collect();
+            format!("{} ({})", s.name(), methods.join(", "))
+        })
+        .chain(["grpc.health.v1.Health".to_owned(), "grpc.reflection.v1.ServerReflection".to_owned()])
+        .collect();
+    let served: Arc<str> = served.join(", ").into();
+    let fallback = tower::service_fn(move |req: http::Request<axum::body::Body>| {
+        let message = format!("`{}` is not a method of this server; it serves {served}", req.uri().path());
+        let (parts, ()) = tonic::Status::unimplemented(message).into_http::<()>().into_parts();
+        std::future::ready(Ok::<_, Infallible>(http::Response::from_parts(parts, Body::empty())))
+    });
+    routes.into_axum_router().fallback_service(fallback).into()
 }
 
 fn streaming_paths(services: &[&'static ServiceDescriptor]) -> impl Iterator<Item = &'static str> {
